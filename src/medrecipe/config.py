@@ -1,0 +1,326 @@
+"""Recipe models: one YAML file, validated by pydantic, with dotted command-line overrides.
+
+Every stage takes one config object from here. Errors name the YAML path
+(`sources.0.path`) so a bad recipe fails before any work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medrecipe.errors import RecipeError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class SourceSpec(_Model):
+    """One question source: an adapter plus where its data lives."""
+
+    name: str  # unique within the recipe; becomes Item.source
+    adapter: str = "generic"  # registry name (see `medrecipe sources`)
+    path: str | None = None  # local file / folder, or a Hugging Face hub id
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf", "hf_disk"] = "auto"
+    hf_config: str | None = None  # `name` argument of datasets.load_dataset
+    hf_split: str | None = None  # split to read from a Hugging Face dataset
+    revision: str | None = None  # pinned hub revision; recorded in the manifest
+    split: str = "train"  # Item.split written for every row
+    role: Literal["train", "benchmark"] = "train"
+    task: str | None = None  # overrides the adapter's task
+    limit: int | None = Field(default=None, ge=1)
+    mapping: dict[str, str] = Field(default_factory=dict)  # Item field -> source column
+    image_root: str | None = None  # folder that relative image paths resolve against
+    options: dict[str, Any] = Field(default_factory=dict)  # adapter-specific settings
+    modality: str | None = None
+    anatomy: str | None = None
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+class DecontaminateConfig(_Model):
+    enabled: bool = True
+    against: list[str] = Field(default_factory=list)  # benchmark source names
+    n: int = Field(default=16, ge=1)
+    collapse_duplicates: bool = True
+
+
+class ImageDedupConfig(_Model):
+    enabled: bool = True
+    against: list[str] | None = None  # None: every benchmark source
+    near_duplicates: bool = False
+    hamming_threshold: int = Field(default=4, ge=0, le=64)
+
+
+class ResizeConfig(_Model):
+    enabled: bool = True
+    factor: int = 28
+    min_pixels: int = 56 * 56
+    max_pixels: int = 262_144
+
+
+class BalanceConfig(_Model):
+    enabled: bool = False
+    sources: list[str] | None = None  # None: every mm_classification source
+    per_class: int | Literal["equal"] = "equal"
+    seed: int = 0
+
+
+class PrepareConfig(_Model):
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    dedup_images: ImageDedupConfig = Field(default_factory=ImageDedupConfig)
+    resize: ResizeConfig = Field(default_factory=ResizeConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+
+
+# --------------------------------------------------------------------------- teachers / generate
+
+
+class Price(_Model):
+    input_per_mtok: float = 0.0  # USD per million prompt tokens
+    output_per_mtok: float = 0.0  # USD per million completion tokens
+
+
+class SamplingConfig(_Model):
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 8192
+    seed: int | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)  # passed through to the endpoint
+
+
+class TeacherConfig(_Model):
+    """A model reachable through a backend (a teacher, a judge or a model under test)."""
+
+    backend: Literal["openai_compat", "transformers_local", "replay"] = "openai_compat"
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None  # name of the environment variable holding the key
+    replay_path: str | None = None  # for backend: replay
+    template: str = "long_reasoning"  # prompt template name or path to a .j2 file
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    native_n: bool = True  # send n in one request when the endpoint supports it
+    max_in_flight: int = Field(default=64, ge=1)
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_retries: int = Field(default=6, ge=0)
+    timeout_s: float = 600.0
+    price: Price = Field(default_factory=Price)
+    device: str | None = None  # transformers_local: "cpu", "cuda", ...
+    dtype: str | None = None
+
+
+class GenerateConfig(_Model):
+    n: int = Field(default=16, ge=1)
+    routes: dict[str, str] = Field(default_factory=dict)  # task -> teacher name; "*" default
+    budget_usd: float | None = None
+    cache_dir: str | None = None  # default: <run>/cache
+
+
+# --------------------------------------------------------------------------- grade / select
+
+
+class GradeConfig(_Model):
+    judge: str | None = None  # teacher name used to grade free-form answers
+    judge_template: str = "judge_open"
+
+
+class PassRateFilter(_Model):
+    teacher: str | None = None  # None: all teachers pooled
+    min_correct: int = 2
+    max_correct: int = 14
+
+
+class DifficultyFilter(_Model):
+    judge: str
+    template: str = "judge_difficulty"
+    min_rating: int = Field(default=3, ge=1, le=10)
+    max_rating: int = Field(default=6, ge=1, le=10)
+
+
+class MixConfig(_Model):
+    quotas: dict[str, int] = Field(default_factory=dict)  # source -> max questions
+    weights: dict[str, float] = Field(default_factory=dict)  # source -> relative share
+    total: int | None = None  # with weights: total questions
+
+
+class SelectConfig(_Model):
+    cap_per_question: int | None = Field(default=16, ge=1)
+    pass_rate: PassRateFilter | None = None
+    difficulty: DifficultyFilter | None = None
+    mix: MixConfig = Field(default_factory=MixConfig)
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_format: Literal["cot", "direct"] = "cot"
+    seed: int = 0
+
+
+class AnnotateConfig(_Model):
+    enabled: bool = False
+    labeller: str | None = None
+    template: str = "annotate"
+
+
+class ExportConfig(_Model):
+    formats: list[Literal["llamafactory", "trl", "jsonl"]] = Field(
+        default_factory=lambda: ["llamafactory", "trl", "jsonl"]
+    )
+    dataset_name: str = "medrecipe"
+    system_prompt: str | None = None
+
+
+class ReportConfig(_Model):
+    enabled: bool = True
+    examples: int = 6
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+class Recipe(_Model):
+    name: str
+    run_dir: str | None = None  # default: runs/<name>
+    seed: int = 0
+    image_store: str | None = None  # default: <run>/images (shareable between runs)
+    batch_size: int = Field(default=4096, ge=1)
+    sources: list[SourceSpec] = Field(min_length=1)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    grade: GradeConfig = Field(default_factory=GradeConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        bench = {s.name for s in self.sources if s.role == "benchmark"}
+        for n in self.prepare.decontaminate.against:
+            if n not in bench:
+                raise ValueError(
+                    f"prepare.decontaminate.against names {n!r}, which is not a source "
+                    "with role: benchmark"
+                )
+        for task, teacher in self.generate.routes.items():
+            if teacher not in self.teachers:
+                raise ValueError(f"generate.routes.{task} names unknown teacher {teacher!r}")
+        for label, t in (("grade.judge", self.grade.judge),
+                         ("annotate.labeller", self.annotate.labeller),
+                         ("select.difficulty.judge",
+                          self.select.difficulty.judge if self.select.difficulty else None)):
+            if t is not None and t not in self.teachers:
+                raise ValueError(f"{label} names unknown teacher {t!r}")
+        return self
+
+    def resolved_run_dir(self, base: Path | None = None) -> Path:
+        p = Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+        return p if p.is_absolute() or base is None else base / p
+
+    def sources_by_role(self, role: str) -> list[SourceSpec]:
+        return [s for s in self.sources if s.role == role]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config model or plain data."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _parse_scalar(text: str) -> Any:
+    """Override values are YAML scalars/flow collections: 100, true, null, [a, b]."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.0.c=value` overrides to nested recipe data (lists indexed by number)."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise RecipeError([(ov, "an override must look like path.to.key=value")])
+        path, _, raw = ov.partition("=")
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            raise RecipeError([(ov, "empty override path")])
+        node: Any = data
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                try:
+                    idx = int(key)
+                    node[idx]  # noqa: B018 - bounds check
+                except (ValueError, IndexError):
+                    loc = ".".join(keys[: i + 1])
+                    raise RecipeError([(loc, f"no list element {key!r} (have {len(node)})")]) from None
+                if last:
+                    node[idx] = _parse_scalar(raw)
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = _parse_scalar(raw)
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                loc = ".".join(keys[:i])
+                raise RecipeError([(loc, "cannot override inside a scalar value")])
+    return data
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def recipe_from_data(data: Any, path: str | None = None) -> Recipe:
+    """Validate recipe data, raising RecipeError that lists every problem with its path."""
+    if not isinstance(data, dict):
+        raise RecipeError([("", "the recipe must be a YAML mapping")], path)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        problems = [(_loc(err["loc"]), err["msg"].removeprefix("Value error, ")) for err in e.errors()]
+        raise RecipeError(problems, path) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, Any]]:
+    """Read, override and validate a recipe file; returns the model and the raw data."""
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError([("", f"file not found: {p}")], str(p))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError([("", f"not valid YAML: {e}")], str(p)) from None
+    data = apply_overrides(data, overrides or [])
+    recipe = recipe_from_data(data, str(p))
+    # Relative data paths resolve against the recipe file's folder, so recipes are portable.
+    base = p.resolve().parent
+    for s in recipe.sources:
+        for attr in ("path", "image_root"):
+            v = getattr(s, attr)
+            if v and not Path(v).is_absolute() and (base / v).exists():
+                setattr(s, attr, str(base / v))
+    for t in recipe.teachers.values():
+        if t.replay_path and not Path(t.replay_path).is_absolute() and (base / t.replay_path).exists():
+            t.replay_path = str(base / t.replay_path)
+    return recipe, data
