@@ -1,0 +1,84 @@
+"""One rich console for the CLI and the stages, plus a log file inside the run directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def progress_enabled(flag: bool | None = None) -> bool:
+    """Progress bars on a terminal unless MEDRECIPE_NO_PROGRESS is set; `flag` overrides."""
+    if flag is not None:
+        return flag
+    if os.environ.get("MEDRECIPE_NO_PROGRESS"):
+        return False
+    return sys.stderr.isatty()
+
+
+def make_progress(*extra_columns, transient: bool = False) -> Progress:
+    """A progress bar with counts, rate-derived ETA and elapsed time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), *extra_columns, console=err_console, transient=transient,
+    )
+
+
+class RunLog:
+    """Appends timestamped lines to <run>/logs/medrecipe.log and echoes them to the console."""
+
+    def __init__(self, run_root: Path | None, echo: bool = True):
+        self.path = None
+        if run_root is not None:
+            (run_root / "logs").mkdir(parents=True, exist_ok=True)
+            self.path = run_root / "logs" / "medrecipe.log"
+        self.echo = echo
+
+    def __call__(self, message: str) -> None:
+        if self.echo:
+            console.print(message)
+        if self.path is not None:
+            from rich.text import Text
+
+            plain = Text.from_markup(message).plain
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {plain}\n")
+
+
+@contextmanager
+def counting_progress(description: str, enabled: bool | None = None, total: int | None = None):
+    """Yields an `advance(n)` callable driving a progress bar (a no-op when disabled)."""
+    if not progress_enabled(enabled):
+        yield lambda n=1: None
+        return
+    prog = make_progress()
+    start = time.perf_counter()
+    with prog:
+        task = prog.add_task(description, total=total, rate="")
+        done = 0
+
+        def advance(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            if done % 512 == 0 or (total and done >= total):
+                rate = done / max(time.perf_counter() - start, 1e-9)
+                prog.update(task, advance=0, completed=done, rate=f"{rate:,.0f}/s")
+
+        yield advance
+        prog.update(task, completed=done)

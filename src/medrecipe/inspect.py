@@ -1,0 +1,108 @@
+"""Summaries of a run directory for `medrecipe inspect` and the ingest table."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+from rich.table import Table
+
+from medrecipe.console import console
+from medrecipe.errors import UserError
+from medrecipe.schema import TASKS
+from medrecipe.store import Run
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """An existing run directory; UserError when it is not one."""
+    p = Path(run_dir)
+    if not (p / "manifest.json").exists():
+        raise UserError(f"{p} is not a medrecipe run directory (no manifest.json); "
+                        "pass the run_dir of a recipe that has been run")
+    return Run(p, create=False)
+
+
+def ingest_counts(run: Run) -> tuple[dict[str, dict], list[str]]:
+    """{source: {role, tasks: {task: n}, total, quarantined}} and the tasks present."""
+    out: dict[str, dict] = {}
+    seen_tasks: set[str] = set()
+    for name, info in run.manifest.get("sources", {}).items():
+        rec = run.stage(f"ingest.{name}")
+        tasks: Counter = Counter()
+        if run.has(f"ingest/{name}"):
+            col = run.read_table(f"ingest/{name}", columns=["task"]).column("task")
+            tasks.update(col.to_pylist())
+        seen_tasks.update(tasks)
+        out[name] = {"role": info.get("role", "train"), "tasks": dict(tasks),
+                     "total": sum(tasks.values()),
+                     "quarantined": rec.rows.get("quarantined", 0) if rec else 0}
+    return out, [t for t in TASKS if t in seen_tasks]
+
+
+def _counter_table(title: str, counter: Counter, key: str) -> Table:
+    t = Table(title=title)
+    t.add_column(key)
+    t.add_column("n", justify="right")
+    for k, v in counter.most_common():
+        t.add_row(str(k), str(v))
+    return t
+
+
+def inspect_run(run_dir: str | Path, samples: int = 3) -> None:
+    """Print counts, stage status, quarantine reasons and sample rows of a run."""
+    run = open_run(run_dir)
+    m = run.manifest
+    console.print(f"[bold]{run.root}[/bold]  recipe {m.get('recipe_name')!r} "
+                  f"(hash {m.get('recipe_hash')}), medrecipe {m.get('medrecipe_version')}")
+    st = Table(title="stages")
+    for col in ("stage", "status", "rows", "seconds"):
+        st.add_column(col)
+    for name, rec in m.get("stages", {}).items():
+        rows = ", ".join(f"{k}={v}" for k, v in rec.get("rows", {}).items())
+        st.add_row(name, "done" if rec.get("complete", True) else "[yellow]partial[/yellow]",
+                   rows, f"{rec.get('seconds', 0):.2f}")
+    console.print(st)
+
+    tables = [f"ingest/{n}" for n in m.get("sources", {})]
+    main = "items" if run.has("items") else None
+    by: dict[str, Counter] = {k: Counter() for k in ("source", "split", "task", "modality", "anatomy")}
+    for name in ([main] if main else tables):
+        if not run.has(name):
+            continue
+        t = run.read_table(name, columns=list(by))
+        for k in by:
+            by[k].update("(none)" if v is None else v for v in t.column(k).to_pylist())
+    label = "prepared items" if main else "ingested items"
+    for k, counter in by.items():
+        if counter:
+            console.print(_counter_table(f"{label} by {k}", counter, k))
+
+    q = run.read_quarantine()
+    if q.num_rows:
+        pairs = Counter(zip(q.column("source").to_pylist(), q.column("stage").to_pylist(),
+                            q.column("reason").to_pylist(), strict=True))
+        qt = Table(title=f"quarantine ({q.num_rows} rows)")
+        for col in ("source", "stage", "reason", "n"):
+            qt.add_column(col)
+        for (src, stage, reason), n in pairs.most_common():
+            qt.add_row(src, stage, reason, str(n))
+        console.print(qt)
+    prep = run.stage("prepare")
+    if prep and prep.extra.get("removed"):
+        console.print("[bold]prepare: removed per reason per source[/bold]")
+        console.print_json(json.dumps(prep.extra["removed"]))
+
+    for name in ([main] if main else tables)[:1]:
+        if name and run.has(name) and samples > 0:
+            t = run.read_table(name)
+            for row in t.slice(0, samples).to_pylist():
+                opts = " | ".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(row["options"]))
+                console.print(f"[cyan]{row['id']}[/cyan] [{row['task']}] {row['question'][:200]}"
+                              + (f"\n    {opts[:200]}" if opts else "")
+                              + f"\n    answer: {row['answer']}  images: {len(row['images'])}")
+    if run.has("items"):
+        t = run.read_table("items", columns=["task"])
+        console.print(f"{t.num_rows} prepared items; "
+                      f"{pc.sum(pc.equal(t.column('task'), 'text')).as_py() or 0} text-only")
