@@ -176,6 +176,8 @@ class ExportConfig(_Model):
     )
     dataset_name: str = "medrecipe"
     system_prompt: str | None = None
+    instruction: str | None = None  # appended to every user prompt, after the options
+    embed_images: bool = True  # TRL export: store image bytes in the dataset (else paths)
 
 
 class ReportConfig(_Model):

@@ -1,0 +1,472 @@
+"""Export stage: selected examples as training files for LLaMA-Factory, TRL and plain JSONL.
+
+Layout under the output folder (``<name>`` is ``ExportConfig.dataset_name``; a ``val`` file
+or split exists only when the selection has validation rows):
+
+    llamafactory/dataset_info.json       entries "<name>" and "<name>_val"
+    llamafactory/<name>_train.json       sharegpt records: messages + images (absolute paths)
+    llamafactory/<name>_val.json
+    trl/                                 datasets.DatasetDict (save_to_disk): train, validation
+    trl_parquet/train.parquet            the same splits as Parquet (loadable with datasets)
+    trl_parquet/validation.parquet
+    jsonl/<name>_train.jsonl             one self-describing JSON object per example
+    jsonl/<name>_val.jsonl
+
+LLaMA-Factory records follow its documented multimodal sharegpt layout with OpenAI-style
+tags: ``{"messages": [{"role": "system"?}, {"role": "user", "content": "<image>..."},
+{"role": "assistant", "content": target}], "images": [paths]}`` with one ``<image>`` token
+per image. TRL rows hold ``messages`` whose contents are typed parts (``{"type": "image"}``
+placeholders then ``{"type": "text", "text": ...}``) and an ``images`` column of
+``datasets.Image`` values, the layout TRL's vision-language collator consumes.
+
+Literal media tokens inside question, option or target text (``<image>``, ``<video>``,
+``<audio>``, ``<|...|>``) are rewritten to ``[image]`` etc., because trainers count them as
+placeholders and a stray one would misalign images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from medrecipe.config import ExportConfig
+from medrecipe.errors import UserError
+from medrecipe.schema import LETTERS
+from medrecipe.select import SelectResult
+
+IMAGE_TOKEN = "<image>"
+_MEDIA_TOKEN = re.compile(r"<(image|video|audio)>|<\|([A-Za-z0-9_]+)\|>")
+
+# LLaMA-Factory's documented sharegpt tag defaults, used when an entry leaves a tag out.
+LF_TAG_DEFAULTS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+LF_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+           "assistant_tag": "assistant", "system_tag": "system"}
+
+ImageResolver = Callable[[str], Path]
+
+
+class ExportError(UserError):
+    """The selection cannot be exported (missing images, bad input)."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _splits(selected: SelectResult | Mapping[str, pa.Table] | pa.Table) -> dict[str, pa.Table]:
+    if isinstance(selected, SelectResult):
+        return {"train": selected.train, "val": selected.val}
+    if isinstance(selected, pa.Table):
+        if "split" not in selected.column_names:
+            return {"train": selected}
+        is_val = pc.equal(selected.column("split"), "val")
+        return {"train": selected.filter(pc.invert(is_val)), "val": selected.filter(is_val)}
+    out = {}
+    for name, table in selected.items():
+        key = "val" if name in ("val", "validation", "selected_val") else (
+            "train" if name in ("train", "selected_train") else name)
+        out[key] = table
+    return out
+
+
+def make_resolver(image_store: Any) -> ImageResolver | None:
+    """A function ref -> absolute image path from an ImageStore, a folder or a callable."""
+    if image_store is None:
+        return None
+    if callable(image_store) and not hasattr(image_store, "path"):
+        return lambda ref: Path(image_store(ref)).resolve()
+    if isinstance(image_store, (str, os.PathLike)):
+        from medrecipe.images import ImageStore
+
+        image_store = ImageStore(image_store)
+    return lambda ref: Path(image_store.path(ref)).resolve()
+
+
+def defuse_media_tokens(text: str) -> str:
+    """Rewrite literal media placeholders so trainers do not count them as images."""
+    return _MEDIA_TOKEN.sub(lambda m: f"[{m.group(1) or m.group(2)}]", text)
+
+
+def user_prompt(question: str, options: list[str], instruction: str | None = None) -> str:
+    """The student's prompt: question, lettered options, optional instruction."""
+    parts = [defuse_media_tokens(question.strip())]
+    if options:
+        parts.append("\n".join(f"{LETTERS[i]}. {defuse_media_tokens(o)}"
+                               for i, o in enumerate(options)))
+    if instruction:
+        parts.append(instruction.strip())
+    return "\n\n".join(parts)
+
+
+def _examples(table: pa.Table, resolve: ImageResolver | None, config: ExportConfig
+              ) -> Iterator[dict[str, Any]]:
+    for row in table.to_pylist():
+        refs = list(row.get("images") or [])
+        if refs and resolve is None:
+            raise ExportError("the selection has images but no image store was given to export")
+        paths = []
+        for ref in refs:
+            try:
+                p = resolve(ref)  # type: ignore[misc]
+            except UserError as e:
+                raise ExportError(f"example {row['id']}: {e}") from None
+            if not p.is_file():
+                raise ExportError(f"example {row['id']}: image file {p} does not exist")
+            paths.append(p)
+        row["image_paths"] = paths
+        row["prompt"] = user_prompt(row["question"], list(row.get("options") or []),
+                                    config.instruction)
+        row["response"] = defuse_media_tokens(row["target"])
+        yield row
+
+
+# --------------------------------------------------------------------------- LLaMA-Factory
+
+
+def llamafactory_record(ex: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
+    """One sharegpt record (OpenAI tags) with one <image> token per image."""
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": IMAGE_TOKEN * len(ex["image_paths"]) + ex["prompt"]})
+    messages.append({"role": "assistant", "content": ex["response"]})
+    return {"messages": messages, "images": [str(p) for p in ex["image_paths"]]}
+
+
+def llamafactory_entry(file_name: str) -> dict[str, Any]:
+    """The dataset_info.json entry for one exported sharegpt file."""
+    return {"file_name": file_name, "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"}, "tags": dict(LF_TAGS)}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from medrecipe.store import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
+
+
+def export_llamafactory(splits: dict[str, pa.Table], out: Path, resolve: ImageResolver | None,
+                        config: ExportConfig) -> dict[str, Path]:
+    """Write sharegpt JSON files and register them in out/dataset_info.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    info_path = out / "dataset_info.json"
+    info: dict[str, Any] = {}
+    if info_path.exists():  # keep entries a user already has in this folder
+        try:
+            info = json.loads(info_path.read_text())
+        except json.JSONDecodeError:
+            raise ExportError(f"{info_path} exists but is not valid JSON; fix or remove it") from None
+    name = config.dataset_name
+    paths: dict[str, Path] = {}
+    for split, table in splits.items():
+        if split != "train" and table.num_rows == 0:
+            continue
+        records = [llamafactory_record(ex, config.system_prompt)
+                   for ex in _examples(table, resolve, config)]
+        fname = f"{name}_{split}.json"
+        _write_json(out / fname, records)
+        info[name if split == "train" else f"{name}_{split}"] = llamafactory_entry(fname)
+        paths[f"llamafactory_{split}"] = out / fname
+    _write_json(info_path, info)
+    paths["llamafactory"] = out
+    paths["dataset_info"] = info_path
+    return paths
+
+
+def validate_llamafactory(dataset_dir: str | Path, names: list[str] | None = None,
+                          max_problems: int = 50) -> list[str]:
+    """Problems found checking a LLaMA-Factory dataset folder against its documented layout.
+
+    Checks the dataset_info.json entries (file exists, sharegpt formatting, columns, tags)
+    and every record: messages with role and content keys, an optional leading system
+    message, user and assistant turns alternating from the user and ending with the
+    assistant, as many <image> tokens as images, and image files that exist (absolute or
+    relative to the dataset folder). An empty list means valid.
+    """
+    root = Path(dataset_dir)
+    problems: list[str] = []
+    info_path = root / "dataset_info.json"
+    if not info_path.is_file():
+        return [f"{info_path}: missing"]
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as e:
+        return [f"{info_path}: not valid JSON ({e})"]
+    if not isinstance(info, dict):
+        return [f"{info_path}: must be a JSON object of dataset entries"]
+    for name in names if names is not None else list(info):
+        if len(problems) >= max_problems:
+            break
+        entry = info.get(name)
+        if not isinstance(entry, dict):
+            problems.append(f"dataset_info.json: no entry {name!r}")
+            continue
+        where = f"dataset {name!r}"
+        if entry.get("formatting") != "sharegpt":
+            problems.append(f"{where}: formatting must be 'sharegpt', got {entry.get('formatting')!r}")
+        columns = entry.get("columns") or {}
+        tags = {**LF_TAG_DEFAULTS, **(entry.get("tags") or {})}
+        unknown = set(entry.get("tags") or {}) - set(LF_TAG_DEFAULTS)
+        if unknown:
+            problems.append(f"{where}: unknown tags {sorted(unknown)}")
+        msg_col = columns.get("messages", "conversations")
+        img_col = columns.get("images")
+        fname = entry.get("file_name")
+        if not fname:
+            problems.append(f"{where}: file_name is required")
+            continue
+        data_path = root / fname
+        if not data_path.is_file():
+            problems.append(f"{where}: file {data_path} does not exist")
+            continue
+        try:
+            text = data_path.read_text()
+            records = (json.loads(text) if data_path.suffix == ".json"
+                       else [json.loads(line) for line in text.splitlines() if line.strip()])
+        except json.JSONDecodeError as e:
+            problems.append(f"{where}: {data_path.name} is not valid JSON ({e})")
+            continue
+        if not isinstance(records, list):
+            problems.append(f"{where}: {data_path.name} must hold a list of records")
+            continue
+        for i, rec in enumerate(records):
+            if len(problems) >= max_problems:
+                break
+            problems += [f"{where} record {i}: {p}"
+                         for p in _record_problems(rec, msg_col, img_col, tags, root)]
+    return problems
+
+
+def _record_problems(rec: Any, msg_col: str, img_col: str | None, tags: dict[str, str],
+                     root: Path) -> list[str]:
+    if not isinstance(rec, dict):
+        return ["not a JSON object"]
+    messages = rec.get(msg_col)
+    if not isinstance(messages, list) or not messages:
+        return [f"{msg_col!r} must be a non-empty list"]
+    out = []
+    role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or role_tag not in m or content_tag not in m:
+            return [f"message {j} needs keys {role_tag!r} and {content_tag!r}"]
+        if not isinstance(m[content_tag], str):
+            out.append(f"message {j}: content must be a string")
+    turns = messages
+    if tags.get("system_tag") and messages[0][role_tag] == tags["system_tag"]:
+        turns = messages[1:]
+    odd = (tags["user_tag"], tags["observation_tag"])  # 1st, 3rd, ... turns
+    even = (tags["assistant_tag"], tags["function_tag"])
+    for j, m in enumerate(turns):
+        allowed = odd if j % 2 == 0 else even
+        if m[role_tag] not in allowed:
+            out.append(f"turn {j} has role {m[role_tag]!r}, expected one of {list(allowed)}")
+            break
+    if len(turns) % 2 != 0 or not turns:
+        out.append(f"needs complete user/assistant pairs, got {len(turns)} turns")
+    text = "".join(m[content_tag] for m in messages if isinstance(m.get(content_tag), str))
+    images = rec.get(img_col) if img_col else None
+    images = images or []
+    if not isinstance(images, list):
+        return out + [f"{img_col!r} must be a list of paths"]
+    n_tokens = text.count(IMAGE_TOKEN)
+    if n_tokens != len(images):
+        out.append(f"{n_tokens} <image> tokens but {len(images)} images")
+    for token in ("<video>", "<audio>"):
+        if token in text:
+            out.append(f"{token} token without a matching media column")
+    for p in images:
+        if not isinstance(p, str):
+            out.append("an image entry is not a path string")
+        elif not (Path(p) if Path(p).is_absolute() else root / p).is_file():
+            out.append(f"image {p} does not exist")
+    return out
+
+
+# --------------------------------------------------------------------------- TRL / datasets
+
+
+def trl_features() -> Any:
+    """datasets.Features of the TRL export."""
+    from datasets import Features, Image, Sequence, Value
+
+    return Features({
+        "id": Value("string"),
+        "item_id": Value("string"),
+        "source": Value("string"),
+        "task": Value("string"),
+        "teacher": Value("string"),
+        "messages": [{"role": Value("string"),
+                      "content": [{"type": Value("string"), "text": Value("string")}]}],
+        "images": Sequence(Image()),
+    })
+
+
+def trl_row(ex: dict[str, Any], system_prompt: str | None, embed: bool) -> dict[str, Any]:
+    """One TRL row: typed content parts plus the images column."""
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    user = [{"type": "image", "text": None} for _ in ex["image_paths"]]
+    user.append({"type": "text", "text": ex["prompt"]})
+    messages.append({"role": "user", "content": user})
+    messages.append({"role": "assistant", "content": [{"type": "text", "text": ex["response"]}]})
+    images = [{"bytes": p.read_bytes() if embed else None, "path": p.name if embed else str(p)}
+              for p in ex["image_paths"]]
+    return {"id": ex["id"], "item_id": ex["item_id"], "source": ex["source"], "task": ex["task"],
+            "teacher": ex.get("teacher") or "", "messages": messages, "images": images}
+
+
+def _write_trl_parquet(table: pa.Table, path: Path, resolve: ImageResolver | None,
+                       config: ExportConfig, features: Any, chunk: int = 256) -> int:
+    schema = features.arrow_schema
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    writer = pq.ParquetWriter(tmp, schema)
+    n = 0
+    try:
+        batch: list[dict[str, Any]] = []
+        for ex in _examples(table, resolve, config):
+            batch.append(trl_row(ex, config.system_prompt, config.embed_images))
+            if len(batch) >= chunk:
+                n += _flush(writer, batch, features, schema)
+        n += _flush(writer, batch, features, schema)
+        if n == 0:
+            writer.write_table(schema.empty_table())
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)
+    return n
+
+
+def _flush(writer: pq.ParquetWriter, batch: list[dict[str, Any]], features: Any,
+           schema: pa.Schema) -> int:
+    if not batch:
+        return 0
+    cols = {k: [r[k] for r in batch] for k in batch[0]}
+    writer.write_table(pa.Table.from_pydict(features.encode_batch(cols), schema=schema))
+    n = len(batch)
+    batch.clear()
+    return n
+
+
+def export_trl(splits: dict[str, pa.Table], out: Path, parquet_out: Path,
+               resolve: ImageResolver | None, config: ExportConfig) -> dict[str, Path]:
+    """Write Parquet per split, then a DatasetDict with save_to_disk (train, validation)."""
+    from datasets import Dataset, DatasetDict
+
+    features = trl_features()
+    paths: dict[str, Path] = {}
+    parts: dict[str, Path] = {}
+    for split, table in splits.items():
+        if split != "train" and table.num_rows == 0:
+            continue
+        hf_split = "validation" if split == "val" else split
+        p = parquet_out / f"{hf_split}.parquet"
+        _write_trl_parquet(table, p, resolve, config, features)
+        parts[hf_split] = p
+        paths[f"trl_parquet_{split}"] = p
+    cache = out.with_name(f".{out.name}.cache-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        dd = DatasetDict({s: Dataset.from_parquet(str(p), features=features, cache_dir=str(cache),
+                                                  keep_in_memory=False)
+                          for s, p in parts.items()})
+        shutil.rmtree(tmp, ignore_errors=True)
+        dd.save_to_disk(str(tmp))
+        del dd
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    paths["trl"] = out
+    return paths
+
+
+# --------------------------------------------------------------------------- JSONL
+
+
+def jsonl_record(ex: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
+    """A self-describing JSON object: provenance, the chat and absolute image paths."""
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages += [{"role": "user", "content": ex["prompt"]},
+                 {"role": "assistant", "content": ex["response"]}]
+    keep = ("id", "item_id", "source", "task", "question", "options", "answer", "answer_text",
+            "modality", "anatomy", "teacher", "model", "key", "sample_index", "method", "split",
+            "target_format")
+    rec = {k: ex.get(k) for k in keep}
+    rec["image_refs"] = list(ex.get("images") or [])
+    rec["images"] = [str(p) for p in ex["image_paths"]]
+    rec["messages"] = messages
+    return rec
+
+
+def export_jsonl(splits: dict[str, pa.Table], out: Path, resolve: ImageResolver | None,
+                 config: ExportConfig) -> dict[str, Path]:
+    """One JSON object per line per split."""
+    from medrecipe.store import atomic_write_text
+
+    paths = {}
+    for split, table in splits.items():
+        if split != "train" and table.num_rows == 0:
+            continue
+        lines = [json.dumps(jsonl_record(ex, config.system_prompt), ensure_ascii=False)
+                 for ex in _examples(table, resolve, config)]
+        p = out / f"{config.dataset_name}_{split}.jsonl"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(p, "".join(line + "\n" for line in lines))
+        paths[f"jsonl_{split}"] = p
+    return paths
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def export(selected: SelectResult | Mapping[str, pa.Table] | pa.Table, out_dir: str | Path,
+           image_store: Any, config: ExportConfig) -> dict[str, Path]:
+    """Write the configured export formats; returns a name -> path map of what was written.
+
+    `selected` is a SelectResult, a {"train": table, "val": table} mapping or one table
+    with a "split" column (SELECTED_SCHEMA). `image_store` is an ImageStore, its folder,
+    a callable ref -> path, or None when no example has images.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.dataset_name):
+        raise UserError(f"export.dataset_name {config.dataset_name!r} must use only letters, "
+                        "digits, '_', '-' and '.'")
+    splits = _splits(selected)
+    if "train" not in splits:
+        raise UserError("export needs a 'train' split of selected examples")
+    resolve = make_resolver(image_store)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for fmt in dict.fromkeys(config.formats):
+        if fmt == "llamafactory":
+            paths.update(export_llamafactory(splits, out / "llamafactory", resolve, config))
+        elif fmt == "trl":
+            paths.update(export_trl(splits, out / "trl", out / "trl_parquet", resolve, config))
+        elif fmt == "jsonl":
+            paths.update(export_jsonl(splits, out / "jsonl", resolve, config))
+    return paths
