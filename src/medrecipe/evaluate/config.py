@@ -1,0 +1,225 @@
+"""Evaluation recipe: the model under test, prompt, sampling, seeds and benchmarks.
+
+An evaluation recipe is its own small YAML file::
+
+    name: student-v1
+    model: {backend: openai_compat, model: my-student, base_url: http://127.0.0.1:8000/v1}
+    template: eval_boxed           # or eval_direct, eval_think, or a path to a .j2 file
+    sampling: {temperature: 0.6, top_p: 0.95, max_tokens: 8192}
+    seeds: [0, 1, 2, 3, 4]
+    benchmarks:
+      - {name: medqa, path: /data/medqa/test.jsonl}
+      - {name: my_set, adapter: generic, category: text, path: my.jsonl}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medrecipe.config import SourceSpec, TeacherConfig, apply_overrides
+from medrecipe.errors import RecipeError
+from medrecipe.evaluate.registry import BENCHMARKS, CATEGORIES
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BenchmarkSpec(_Model):
+    """One benchmark to run: a registered name (plus its data location) or a custom source."""
+
+    name: str
+    path: str | None = None  # local file / folder or hub id; required unless the adapter needs none
+    adapter: str | None = None  # default: the registry's adapter (required for custom names)
+    category: Literal["text", "mm_reasoning", "mm_classification", "vqa"] | None = None
+    title: str | None = None
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf", "hf_disk"] = "auto"
+    hf_config: str | None = None
+    hf_split: str | None = None
+    revision: str | None = None  # pinned hub revision, recorded in the results
+    split: str | None = None
+    task: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    mapping: dict[str, str] = Field(default_factory=dict)
+    image_root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    classification: bool | None = None
+
+    @model_validator(mode="after")
+    def _known_or_complete(self) -> BenchmarkSpec:
+        if self.name not in BENCHMARKS and (self.adapter is None or self.category is None):
+            raise ValueError(
+                f"{self.name!r} is not a registered benchmark ({', '.join(BENCHMARKS)}); "
+                "give `adapter` and `category` to evaluate a custom data set"
+            )
+        return self
+
+    def resolved(self) -> ResolvedBenchmark:
+        """Registry defaults filled in: what the runner actually reads."""
+        reg = BENCHMARKS.get(self.name)
+        category = self.category or (reg.category if reg else "text")
+        opts = dict(reg.options) if reg else {}
+        opts.update(self.options)
+        spec = SourceSpec(
+            name=self.name,
+            adapter=self.adapter or (reg.adapter if reg else "generic"),
+            path=self.path,
+            format=self.format,
+            hf_config=self.hf_config if self.hf_config is not None else (reg.hf_config if reg else None),
+            hf_split=self.hf_split if self.hf_split is not None else (reg.hf_split if reg else None),
+            revision=self.revision,
+            split=self.split or (reg.split if reg else "test"),
+            role="benchmark",
+            task=self.task or (reg.task if reg else None),
+            limit=self.limit,
+            mapping=dict(self.mapping),
+            image_root=self.image_root,
+            options=opts,
+        )
+        classification = self.classification
+        if classification is None:
+            classification = reg.classification if reg else category == "mm_classification"
+        return ResolvedBenchmark(name=self.name, title=self.title or (reg.title if reg else self.name),
+                                 category=category, classification=classification, source=spec)
+
+
+class ResolvedBenchmark(_Model):
+    name: str
+    title: str
+    category: str
+    classification: bool
+    source: SourceSpec
+
+
+class EvalSampling(_Model):
+    """Sampling settings of the model under test (OctoMed: 0.6 / 0.95 / 8,192)."""
+
+    temperature: float = Field(default=0.6, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=8192, ge=1)
+    extra: dict[str, Any] = Field(default_factory=dict)  # passed through to the endpoint
+
+
+class ForcedEndConfig(_Model):
+    """Closing an unfinished thinking block and asking for the answer."""
+
+    enabled: bool = True
+    open_tag: str = "<think>"
+    close_tag: str = "</think>"
+    # Appended after the close tag; the model then only has to write the answer.
+    cue: str = "\n\nConsidering the limited time, I have to give the final answer now.\n\nThe final answer is $\\boxed{"
+    max_tokens: int = Field(default=64, ge=1)
+
+
+class BootstrapConfig(_Model):
+    resamples: int = Field(default=10_000, ge=1)
+    seed: int = 0
+    level: float = Field(default=0.95, gt=0.0, lt=1.0)
+
+
+class EvalConfig(_Model):
+    """One evaluation run: a model under test over a set of benchmarks."""
+
+    name: str
+    label: str | None = None  # display name in comparison tables (default: name)
+    run_dir: str | None = None  # default: runs/eval/<name>
+    model: TeacherConfig
+    template: str = "eval_boxed"  # eval_boxed | eval_direct | eval_think | path to a .j2
+    sampling: EvalSampling = Field(default_factory=EvalSampling)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    samples_per_seed: int = Field(default=1, ge=1)  # extra samples per seed, for voting
+    vote_k: int | None = Field(default=None, ge=1)  # samples per item in the vote (None: all)
+    pass_k: list[int] = Field(default_factory=lambda: [1])
+    forced_end: ForcedEndConfig = Field(default_factory=ForcedEndConfig)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    benchmarks: list[BenchmarkSpec] = Field(min_length=1)
+    image_store: str | None = None  # default: <run>/images
+    cache_dir: str | None = None  # default: <run>/cache (share it between runs to reuse answers)
+    tokenizer: str | None = None  # local tokenizer for thinking/answer token counts
+    budget_usd: float | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> EvalConfig:
+        misplaced = {"template", "sampling"} & self.model.model_fields_set
+        if misplaced:
+            keys = ", ".join(sorted(misplaced))
+            raise ValueError(
+                f"model.{{{keys}}} is not used by evaluation; set `{keys}` at the top level of "
+                "the evaluation recipe instead"
+            )
+        names = [b.name for b in self.benchmarks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"benchmark names must be unique; repeated: {', '.join(dupes)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        total = len(self.seeds) * self.samples_per_seed
+        for k in self.pass_k:
+            if not 1 <= k <= total:
+                raise ValueError(f"pass_k {k} needs 1 <= k <= seeds x samples_per_seed = {total}")
+        if self.vote_k is not None and self.vote_k > total:
+            raise ValueError(f"vote_k {self.vote_k} is more than the {total} samples per item")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
+
+    def resolved_run_dir(self, base: Path | None = None) -> Path:
+        """The run directory (relative paths resolve against `base`)."""
+        p = Path(self.run_dir) if self.run_dir else Path("runs") / "eval" / self.name
+        return p if p.is_absolute() or base is None else base / p
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def eval_config_from_data(data: Any, path: str | None = None) -> EvalConfig:
+    """Validate evaluation-recipe data; RecipeError lists every problem with its YAML path."""
+    if not isinstance(data, dict):
+        raise RecipeError([("", "the evaluation recipe must be a YAML mapping")], path)
+    try:
+        return EvalConfig.model_validate(data)
+    except ValidationError as e:
+        problems = [(_loc(err["loc"]), err["msg"].removeprefix("Value error, ")) for err in e.errors()]
+        raise RecipeError(problems, path) from None
+
+
+def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
+    """Read, override (`a.b=value`) and validate an evaluation recipe file."""
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError([("", f"file not found: {p}")], str(p))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError([("", f"not valid YAML: {e}")], str(p)) from None
+    data = apply_overrides(data, overrides or [])
+    cfg = eval_config_from_data(data, str(p))
+    # Relative data paths resolve against the recipe's folder, like training recipes.
+    base = p.resolve().parent
+    for b in cfg.benchmarks:
+        for attr in ("path", "image_root"):
+            v = getattr(b, attr)
+            if v and not Path(v).is_absolute() and (base / v).exists():
+                setattr(b, attr, str(base / v))
+    for attr in ("tokenizer",):
+        v = getattr(cfg, attr)
+        if v and not Path(v).is_absolute() and (base / v).exists():
+            setattr(cfg, attr, str(base / v))
+    m = cfg.model
+    if m.replay_path and not Path(m.replay_path).is_absolute() and (base / m.replay_path).exists():
+        m.replay_path = str(base / m.replay_path)
+    if m.backend == "transformers_local" and not Path(m.model).is_absolute() and (base / m.model).exists():
+        m.model = str(base / m.model)
+    return cfg
+
+
+__all__ = ["BenchmarkSpec", "ResolvedBenchmark", "EvalSampling", "ForcedEndConfig",
+           "BootstrapConfig", "EvalConfig", "CATEGORIES", "eval_config_from_data",
+           "load_eval_config"]
