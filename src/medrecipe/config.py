@@ -115,6 +115,10 @@ class TeacherConfig(_Model):
     tokens_per_minute: float | None = None
     max_retries: int = Field(default=6, ge=0)
     timeout_s: float = 600.0
+    backoff_base_s: float = Field(default=1.0, gt=0)  # first retry delay; doubles per attempt
+    backoff_max_s: float = Field(default=60.0, gt=0)  # cap on one retry delay
+    api_key_header: str | None = None  # None: "Authorization: Bearer <key>"; Azure: "api-key"
+    url_params: dict[str, str] = Field(default_factory=dict)  # query string, e.g. api-version
     price: Price = Field(default_factory=Price)
     device: str | None = None  # transformers_local: "cpu", "cuda", ...
     dtype: str | None = None
