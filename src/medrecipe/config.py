@@ -186,7 +186,9 @@ class ExportConfig(_Model):
 
 class ReportConfig(_Model):
     enabled: bool = True
-    examples: int = 6
+    examples: int = 6  # accepted and rejected traces shown (each)
+    max_text_chars: int = Field(default=20_000, ge=200)  # longer traces are cut in the page
+    thumbnail_px: int = Field(default=320, ge=32)  # longest side of embedded images
 
 
 # --------------------------------------------------------------------------- recipe

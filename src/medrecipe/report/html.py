@@ -1,0 +1,212 @@
+"""One self-contained HTML page per run: plots and images embedded, all model text escaped."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+import medrecipe
+from medrecipe.config import ReportConfig
+from medrecipe.report.plots import make_plots
+from medrecipe.report.stats import RunTables, _col, compute_stats, load_run_tables, verdict_frame
+from medrecipe.schema import LETTERS
+from medrecipe.store import Run
+
+TEMPLATE = "report.html.j2"
+ImageResolver = Callable[[str], Path]
+
+
+def _env() -> Environment:
+    # Autoescape is forced on for every template: teacher text may contain any markup.
+    return Environment(loader=FileSystemLoader(str(Path(__file__).parent)),
+                       autoescape=select_autoescape(default=True, default_for_string=True),
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def default_resolver(run: Run) -> ImageResolver | None:
+    """Image resolver for a run: the recipe's image store, else <run>/images."""
+    root = run.manifest.get("image_store")
+    recipe_file = run.root / "recipe.yaml"
+    if not root and recipe_file.exists():
+        try:
+            root = (yaml.safe_load(recipe_file.read_text()) or {}).get("image_store")
+        except yaml.YAMLError:
+            root = None
+    folder = Path(root) if root else run.root / "images"
+    if not folder.is_absolute():
+        folder = run.root / folder if not folder.exists() else folder
+    if not folder.exists():
+        return None
+    from medrecipe.images import ImageStore
+
+    store = ImageStore(folder)
+    return store.path
+
+
+def data_uri_png(path: Path) -> str:
+    """A file's bytes as a data: URI (PNG)."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def thumbnail(ref: str, resolve: ImageResolver | None, max_px: int) -> str | None:
+    """A data: URI of a downscaled copy of an image ref, or None when unavailable."""
+    if resolve is None:
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(resolve(ref)) as im:
+            im = im.convert("RGB")
+            im.thumbnail((max_px, max_px))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except Exception:  # noqa: BLE001 - a missing image must not break the report
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _cut(text: str | None, limit: int) -> str:
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… [{len(text) - limit} more characters not shown]"
+
+
+def _order(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _round_robin(groups: dict[str, list[Any]], n: int) -> list[Any]:
+    out: list[Any] = []
+    queues = {k: list(v) for k, v in sorted(groups.items())}
+    while len(out) < n and any(queues.values()):
+        for k in list(queues):
+            if queues[k] and len(out) < n:
+                out.append(queues[k].pop(0))
+    return out
+
+
+def _item_view(item: dict[str, Any] | None, resolve: ImageResolver | None,
+               cfg: ReportConfig) -> dict[str, Any]:
+    if not item:
+        return {"question": None, "options": [], "answer": None, "images": []}
+    options = list(item.get("options") or [])
+    answer = item.get("answer")
+    return {
+        "question": _cut(item.get("question"), cfg.max_text_chars),
+        "options": [{"letter": LETTERS[i], "text": o, "correct": LETTERS[i] == answer}
+                    for i, o in enumerate(options)],
+        "answer": answer,
+        "images": [{"ref": r, "uri": thumbnail(r, resolve, cfg.thumbnail_px)}
+                   for r in (item.get("images") or [])],
+    }
+
+
+def accepted_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportConfig
+                      ) -> list[dict[str, Any]]:
+    """Selected traces, spread over sources, in a stable order."""
+    sel = t.selected
+    if sel is None or cfg.examples <= 0:
+        return []
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in sorted(sel.to_pylist(), key=lambda r: _order(r["id"])):
+        groups[row["source"]].append(row)
+    out = []
+    for row in _round_robin(groups, cfg.examples):
+        view = _item_view(row, resolve, cfg)
+        view.update(kind="accepted", source=row["source"], item_id=row["item_id"],
+                    teacher=row.get("teacher"), method=row.get("method"),
+                    extracted=None, split=row.get("split"),  # accepted: equals the truth
+                    text=_cut(row.get("target"), cfg.max_text_chars))
+        out.append(view)
+    return out
+
+
+def rejected_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportConfig
+                      ) -> list[dict[str, Any]]:
+    """Wrong, unparsed, unterminated and failed traces, a few of each kind."""
+    vrows = verdict_frame(t)
+    if not vrows or cfg.examples <= 0:
+        return []
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in sorted(vrows, key=lambda r: _order(r["key"])):
+        if r.get("correct") is True and r.get("terminated") is not False:
+            continue
+        reason = ("failed request" if r["failed"] else
+                  "unterminated" if r.get("terminated") is False else
+                  "unparsed" if r["unparsed"] else
+                  "wrong answer" if r.get("correct") is False else "not gradable")
+        r["reason"] = reason
+        groups[reason].append(r)
+    picked = _round_robin(groups, cfg.examples)
+    if not picked:
+        return []
+    keys = {r["key"] for r in picked}
+    gens: dict[str, dict[str, Any]] = {}
+    if t.generations is not None:
+        for key, text, err in zip(_col(t.generations, "key"), _col(t.generations, "text"),
+                                  _col(t.generations, "error"), strict=True):
+            if key in keys:
+                gens[key] = {"text": text, "error": err}
+    items: dict[str, dict[str, Any]] = {}
+    if t.items is not None:
+        wanted = {r["item_id"] for r in picked}
+        for row in t.items.to_pylist():
+            if row["id"] in wanted:
+                items[row["id"]] = row
+    out = []
+    for r in picked:
+        g = gens.get(r["key"], {})
+        view = _item_view(items.get(r["item_id"]), resolve, cfg)
+        text = g.get("text") if g.get("text") is not None else (g.get("error") or "")
+        view.update(kind=r["reason"], source=r["source"], item_id=r["item_id"],
+                    teacher=r["teacher"], method=r.get("method"), extracted=r.get("answer"),
+                    split=None, text=_cut(text, cfg.max_text_chars))
+        out.append(view)
+    return out
+
+
+def render_report(t: RunTables, stats: dict[str, Any], plots: dict[str, Path],
+                  accepted: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> str:
+    """The HTML page as a string."""
+    template = _env().get_template(TEMPLATE)
+    return template.render(
+        title=f"medrecipe report: {stats.get('recipe_name') or t.root.name}",
+        generated_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+        version=medrecipe.__version__,
+        s=stats,
+        plots={k: data_uri_png(p) for k, p in plots.items()},
+        accepted=accepted,
+        rejected=rejected,
+    )
+
+
+def write_report(run: Run | str | Path, out_dir: str | Path | None = None,
+                 config: ReportConfig | None = None,
+                 image_resolver: ImageResolver | None = None) -> Path:
+    """Write PNG plots and a self-contained report.html for a run; returns the HTML path."""
+    from medrecipe.store import atomic_write_text
+
+    config = config or ReportConfig()
+    if not isinstance(run, Run):
+        run = Run(run, create=False)
+    out = Path(out_dir) if out_dir is not None else run.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    tables = load_run_tables(run)
+    stats = compute_stats(tables)
+    resolve = image_resolver if image_resolver is not None else default_resolver(run)
+    plots = make_plots(tables, stats, out)
+    html = render_report(tables, stats, plots, accepted_examples(tables, resolve, config),
+                         rejected_examples(tables, resolve, config))
+    path = out / "report.html"
+    atomic_write_text(path, html)
+    return path

@@ -1,0 +1,175 @@
+"""PNG plots of a run (matplotlib's Agg canvas; pyplot's global state is never touched)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from medrecipe.report.stats import RunTables, _col, item_source_map
+
+_MPL = tuple(int(x) for x in re.findall(r"\d+", matplotlib.__version__)[:2])
+COLORS = ["#3b6ea5", "#d1495b", "#66a182", "#edae49", "#8d6cab", "#00798c", "#a0a0a0"]
+MAX_BARS = 30  # categories beyond this are folded into "(other)"
+
+
+def _figure(width: float = 7.0, height: float = 3.6) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _fold(counts: dict[str, float]) -> dict[str, float]:
+    items = sorted(counts.items(), key=lambda kv: -kv[1])
+    if len(items) <= MAX_BARS:
+        return dict(items)
+    head = dict(items[: MAX_BARS - 1])
+    head["(other)"] = sum(v for _, v in items[MAX_BARS - 1:])
+    return head
+
+
+def bar(counts: dict[str, float], path: Path, title: str, xlabel: str = "",
+        percent: bool = False) -> Path | None:
+    """Horizontal bar chart of a {label: value} mapping."""
+    counts = {k: v for k, v in counts.items() if v is not None}
+    if not counts:
+        return None
+    counts = _fold(counts)
+    labels = list(counts)[::-1]
+    values = [counts[k] * (100 if percent else 1) for k in labels]
+    fig = _figure(7.0, max(2.0, 0.32 * len(labels) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh(labels, values, color=COLORS[0])
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:.1f}%" if percent else f" {v:g}", va="center", fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel or ("%" if percent else "count"))
+    if percent:
+        ax.set_xlim(0, max(100.0, max(values) * 1.1))
+    else:
+        ax.set_xlim(0, max(values) * 1.15 or 1)
+    return _save(fig, path)
+
+
+def grouped_rates(groups: dict[str, dict[str, float | None]], series: list[str], path: Path,
+                  title: str) -> Path | None:
+    """Grouped bars of rates (0..1) per group, one bar per series."""
+    if not groups:
+        return None
+    labels = list(groups)
+    fig = _figure(7.0, max(2.4, 0.45 * len(labels) * len(series) / 2 + 1.4))
+    ax = fig.add_subplot()
+    height = 0.8 / len(series)
+    for j, name in enumerate(series):
+        ys = [i + j * height for i in range(len(labels))]
+        vals = [100 * (groups[g].get(name) or 0.0) for g in labels]
+        ax.barh(ys, vals, height=height, color=COLORS[j % len(COLORS)],
+                label=name.removesuffix("_rate"))
+    ax.set_yticks([i + height * (len(series) - 1) / 2 for i in range(len(labels))], labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of responses")
+    ax.set_xlim(0, 100)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def distributions(values: dict[str, list[float]], path: Path, title: str,
+                  xlabel: str) -> Path | None:
+    """Box plots of one numeric distribution per group."""
+    values = {k: v for k, v in values.items() if v}
+    if not values:
+        return None
+    labels = sorted(values)[:MAX_BARS]
+    fig = _figure(7.0, max(2.2, 0.4 * len(labels) + 1.2))
+    ax = fig.add_subplot()
+    # matplotlib >= 3.10 names the direction `orientation`; older versions take `vert`.
+    direction = ({"orientation": "horizontal"} if _MPL >= (3, 10) else {"vert": False})
+    ax.boxplot([values[k] for k in labels], showfliers=True, flierprops={"markersize": 2},
+               **direction)
+    ax.set_yticks(range(1, len(labels) + 1), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def histogram(counts: dict[int, int], path: Path, title: str, xlabel: str) -> Path | None:
+    """Bars of an integer histogram {value: count}."""
+    if not counts:
+        return None
+    xs = sorted(counts)
+    fig = _figure(7.0, 3.0)
+    ax = fig.add_subplot()
+    ax.bar([str(x) for x in xs], [counts[x] for x in xs], color=COLORS[2])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("questions")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def make_plots(t: RunTables, stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write every plot the available tables allow; returns {name: png path}."""
+    out: dict[str, Path | None] = {}
+    items = stats.get("items")
+    if items:
+        for key, label in (("source", "source"), ("task", "task"), ("modality", "modality"),
+                           ("anatomy", "anatomy")):
+            out[f"items_by_{key}"] = bar(items[f"by_{key}"], out_dir / f"items_by_{key}.png",
+                                         f"Items per {label}", "items")
+    sel = stats.get("selected")
+    if sel:
+        out["acceptance_by_source"] = bar(sel["acceptance_by_source"],
+                                          out_dir / "acceptance_by_source.png",
+                                          "Acceptance rate per source (accepted / generated)",
+                                          percent=True)
+        out["acceptance_by_teacher"] = bar(sel["acceptance_by_teacher"],
+                                           out_dir / "acceptance_by_teacher.png",
+                                           "Acceptance rate per teacher (accepted / generated)",
+                                           percent=True)
+        out["traces_per_question"] = histogram(
+            {int(k): v for k, v in sel["traces_per_question"].items()},
+            out_dir / "traces_per_question.png", "Accepted traces per question",
+            "accepted traces")
+        sel_table = t.selected
+        chars: dict[str, list[float]] = defaultdict(list)
+        for s, target in zip(_col(sel_table, "source"), _col(sel_table, "target", ""), strict=True):
+            chars[s].append(len(target or ""))
+        out["trace_length"] = distributions(chars, out_dir / "trace_length.png",
+                                            "Accepted trace length per source", "characters")
+    if t.generations is not None:
+        src_of = item_source_map(t)
+        tokens: dict[str, list[float]] = defaultdict(list)
+        for item_id, s, n, e in zip(_col(t.generations, "item_id"), _col(t.generations, "source"),
+                                    _col(t.generations, "completion_tokens"),
+                                    _col(t.generations, "error"), strict=True):
+            if not e and n is not None:
+                tokens[src_of.get(item_id) or s or ""].append(n)
+        out["response_tokens"] = distributions(tokens, out_dir / "response_tokens.png",
+                                               "Response tokens per source", "completion tokens")
+    ver = stats.get("verdicts")
+    if ver:
+        series = ["unparsed_rate", "unterminated_rate"]
+        out["unparsed_by_source"] = grouped_rates(
+            {k: {s: v.get(s) for s in series} for k, v in ver["by_source"].items()}, series,
+            out_dir / "unparsed_by_source.png", "Unparsed and unterminated responses per source")
+        out["unparsed_by_teacher"] = grouped_rates(
+            {k: {s: v.get(s) for s in series} for k, v in ver["by_teacher"].items()}, series,
+            out_dir / "unparsed_by_teacher.png", "Unparsed and unterminated responses per teacher")
+    q = stats.get("quarantine")
+    if q and q["total"]:
+        out["quarantine_reasons"] = bar(Counter(q["by_reason"]), out_dir / "quarantine_reasons.png",
+                                        "Quarantined rows per stage and reason", "rows")
+    return {k: v for k, v in out.items() if v is not None}

@@ -1,0 +1,286 @@
+"""Run statistics: what each stage produced, read from whatever exists in a run directory.
+
+Every part is optional: a stage that has not run yet gives ``None`` for its section, so
+the report and `medrecipe inspect` work on a run at any point.
+
+Definitions used throughout:
+
+* unparsed: a verdict whose generation did not fail and finished its thinking, but from
+  which no answer was extracted (``answer is None``);
+* unterminated: a verdict with ``terminated == False`` (a thinking block never closed);
+  counted apart from unparsed, so correct + wrong + unparsed + unterminated + failed
+  covers every response;
+* ungradable: ``correct is None`` (unparsed, failed, or nothing to compare);
+* acceptance rate: accepted (selected) traces / generated traces, per source or teacher.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL
+from medrecipe.store import Run
+
+ITEM_COLUMNS = ["id", "source", "split", "task", "question", "options", "answer", "images",
+                "modality", "anatomy"]
+GEN_COLUMNS = ["key", "item_id", "source", "teacher", "model", "sample_index", "text",
+               "finish_reason", "completion_tokens", "prompt_tokens", "cost_usd", "error"]
+
+
+@dataclass
+class RunTables:
+    """The tables of a run directory; None where a stage has not written its output."""
+
+    root: Path
+    manifest: dict[str, Any]
+    items: pa.Table | None = None
+    generations: pa.Table | None = None
+    verdicts: pa.Table | None = None
+    train: pa.Table | None = None
+    val: pa.Table | None = None
+    quarantine: pa.Table | None = None
+
+    @property
+    def selected(self) -> pa.Table | None:
+        parts = [t for t in (self.train, self.val) if t is not None]
+        if not parts:
+            return None
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def _read(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    if not path.exists():
+        return None
+    names = pq.ParquetFile(path).schema_arrow.names
+    cols = [c for c in columns if c in names] if columns else None
+    return pq.read_table(path, columns=cols)
+
+
+def load_run_tables(run: Run | str | Path) -> RunTables:
+    """Read the tables present in a run directory (items fall back to ingest/*.parquet)."""
+    if not isinstance(run, Run):
+        run = Run(run, create=False)
+    root = run.root
+    items = _read(run.path("items"), ITEM_COLUMNS)
+    if items is None:
+        parts = [_read(p, ITEM_COLUMNS) for p in sorted((root / "ingest").glob("*.parquet"))]
+        parts = [p for p in parts if p is not None]
+        if parts:
+            items = pa.concat_tables(parts, promote_options="default")
+    quarantine = run.read_quarantine() if (root / "quarantine").exists() else None
+    return RunTables(
+        root=root,
+        manifest=dict(run.manifest) if run.manifest_path.exists() else {},
+        items=items,
+        generations=_read(run.path("generations"), GEN_COLUMNS),
+        verdicts=_read(run.path("verdicts")),
+        train=_read(run.path(SELECTED_TRAIN)),
+        val=_read(run.path(SELECTED_VAL)),
+        quarantine=quarantine,
+    )
+
+
+def _col(table: pa.Table, name: str, default: Any = None) -> list[Any]:
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [default] * table.num_rows
+
+
+def _counts(values: list[Any], none_label: str = "(unknown)") -> dict[str, int]:
+    c = Counter(none_label if v in (None, "") else str(v) for v in values)
+    return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def describe(values: list[float] | np.ndarray) -> dict[str, float] | None:
+    """n, mean, median, p90, max of a list of numbers (None when empty)."""
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        return None
+    return {"n": int(arr.size), "mean": round(float(arr.mean()), 2),
+            "median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
+            "max": float(arr.max())}
+
+
+def _rate(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def item_source_map(t: RunTables) -> dict[str, str]:
+    if t.items is None:
+        return {}
+    return dict(zip(_col(t.items, "id"), _col(t.items, "source"), strict=True))
+
+
+def verdict_frame(t: RunTables) -> list[dict[str, Any]] | None:
+    """Verdict rows with source (from items when missing) and whether the request failed."""
+    if t.verdicts is None:
+        return None
+    src = item_source_map(t)
+    failed: set[str] = set()
+    if t.generations is not None:
+        failed = {k for k, e in zip(_col(t.generations, "key"), _col(t.generations, "error"),
+                                    strict=True) if e}
+    rows = t.verdicts.to_pylist()
+    for r in rows:
+        r["source"] = src.get(r["item_id"]) or r.get("source") or ""
+        r["teacher"] = r.get("teacher") or ""
+        r["failed"] = r["key"] in failed
+        r["unparsed"] = (r.get("answer") is None and not r["failed"]
+                         and r.get("terminated") is not False)
+    return rows
+
+
+def _verdict_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    c: Counter = Counter()
+    for r in rows:
+        c["total"] += 1
+        c["correct"] += r.get("correct") is True
+        c["wrong"] += r.get("correct") is False
+        c["unparsed"] += r["unparsed"]
+        c["unterminated"] += r.get("terminated") is False
+        c["failed"] += r["failed"]
+        c["ungradable"] += r.get("correct") is None
+    out = {k: int(c[k]) for k in ("total", "correct", "wrong", "unparsed", "unterminated",
+                                  "failed", "ungradable")}
+    out["accuracy"] = _rate(c["correct"], c["correct"] + c["wrong"])
+    out["unparsed_rate"] = _rate(c["unparsed"], c["total"])
+    out["unterminated_rate"] = _rate(c["unterminated"], c["total"])
+    return out
+
+
+def compute_stats(t: RunTables) -> dict[str, Any]:
+    """Summary statistics of a run's tables (JSON-serialisable)."""
+    m = t.manifest
+    out: dict[str, Any] = {
+        "run": str(t.root),
+        "recipe_name": m.get("recipe_name"),
+        "recipe_hash": m.get("recipe_hash"),
+        "medrecipe_version": m.get("medrecipe_version"),
+        "stages": {name: {"complete": rec.get("complete", True), "rows": rec.get("rows", {}),
+                          "seconds": rec.get("seconds")}
+                   for name, rec in (m.get("stages") or {}).items()},
+        "available": {k: getattr(t, k) is not None
+                      for k in ("items", "generations", "verdicts", "train", "val", "quarantine")},
+    }
+    src_of = item_source_map(t)
+
+    # -- items
+    if t.items is not None:
+        it = t.items
+        out["items"] = {
+            "total": it.num_rows,
+            "by_source": _counts(_col(it, "source")),
+            "by_task": _counts(_col(it, "task")),
+            "by_modality": _counts(_col(it, "modality")),
+            "by_anatomy": _counts(_col(it, "anatomy")),
+            "by_split": _counts(_col(it, "split")),
+            "with_images": sum(1 for v in _col(it, "images") if v),
+        }
+    else:
+        out["items"] = None
+
+    # -- generations
+    gen_by_source: Counter = Counter()
+    gen_by_teacher: Counter = Counter()
+    if t.generations is not None:
+        g = t.generations
+        srcs = [src_of.get(i) or s or "" for i, s in zip(_col(g, "item_id"), _col(g, "source"),
+                                                          strict=True)]
+        teachers = [x or "" for x in _col(g, "teacher")]
+        gen_by_source.update(srcs)
+        gen_by_teacher.update(teachers)
+        errors = _col(g, "error")
+        tokens = _col(g, "completion_tokens")
+        tok_by_source: dict[str, list[int]] = defaultdict(list)
+        for s, n, e in zip(srcs, tokens, errors, strict=True):
+            if not e and n is not None:
+                tok_by_source[s].append(n)
+        out["generations"] = {
+            "total": g.num_rows,
+            "failed": sum(1 for e in errors if e),
+            "by_source": dict(sorted(gen_by_source.items())),
+            "by_teacher": dict(sorted(gen_by_teacher.items())),
+            "finish_reason": _counts(_col(g, "finish_reason")),
+            "error_kinds": _counts([str(e).split(":")[0][:60] for e in errors if e]),
+            "cost_usd": round(float(sum(c or 0.0 for c in _col(g, "cost_usd"))), 6),
+            "prompt_tokens": int(sum(n or 0 for n in _col(g, "prompt_tokens"))),
+            "completion_tokens": int(sum(n or 0 for n in tokens)),
+            "completion_tokens_by_source": {s: describe(v) for s, v in sorted(tok_by_source.items())},
+        }
+    else:
+        out["generations"] = None
+
+    # -- verdicts
+    vrows = verdict_frame(t)
+    if vrows is not None:
+        by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_teacher: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in vrows:
+            by_source[r["source"]].append(r)
+            by_teacher[r["teacher"]].append(r)
+        out["verdicts"] = {
+            **_verdict_counts(vrows),
+            "by_method": _counts([r.get("method") for r in vrows], "none"),
+            "by_source": {k: _verdict_counts(v) for k, v in sorted(by_source.items())},
+            "by_teacher": {k: _verdict_counts(v) for k, v in sorted(by_teacher.items())},
+        }
+    else:
+        out["verdicts"] = None
+
+    # -- selection
+    sel = t.selected
+    if sel is not None:
+        per_q = Counter(_col(sel, "item_id"))
+        acc_src = Counter(_col(sel, "source"))
+        acc_teacher = Counter(x or "" for x in _col(sel, "teacher"))
+        # Without generations, acceptance is measured against verdicts.
+        base_src, base_teacher = gen_by_source, gen_by_teacher
+        if not base_src and vrows is not None:
+            base_src = Counter(r["source"] for r in vrows)
+            base_teacher = Counter(r["teacher"] for r in vrows)
+        chars_by_source: dict[str, list[int]] = defaultdict(list)
+        for s, target in zip(_col(sel, "source"), _col(sel, "target", ""), strict=True):
+            chars_by_source[s].append(len(target or ""))
+        out["selected"] = {
+            "train": t.train.num_rows if t.train is not None else 0,
+            "val": t.val.num_rows if t.val is not None else 0,
+            "questions": len(per_q),
+            "by_source": dict(sorted(acc_src.items())),
+            "by_teacher": dict(sorted(acc_teacher.items())),
+            "traces_per_question": {str(k): v for k, v in sorted(Counter(per_q.values()).items())},
+            "acceptance_by_source": {s: _rate(acc_src.get(s, 0), n) for s, n in sorted(base_src.items())},
+            "acceptance_by_teacher": {s: _rate(acc_teacher.get(s, 0), n)
+                                      for s, n in sorted(base_teacher.items())},
+            "target_chars_by_source": {s: describe(v) for s, v in sorted(chars_by_source.items())},
+        }
+    else:
+        out["selected"] = None
+    sel_stage = (m.get("stages") or {}).get("select") or {}
+    out["select_stats"] = (sel_stage.get("extra") or {}).get("stats")
+
+    # -- quarantine
+    if t.quarantine is not None:
+        q = t.quarantine
+        out["quarantine"] = {
+            "total": q.num_rows,
+            "by_stage": _counts(_col(q, "stage")),
+            "by_reason": _counts([f"{s}: {r}" for s, r in zip(_col(q, "stage"), _col(q, "reason"),
+                                                                strict=True)]),
+            "by_source": _counts(_col(q, "source")),
+        }
+    else:
+        out["quarantine"] = None
+    return json.loads(json.dumps(out, default=str))
+
+
+def summary_stats(run: Run | str | Path) -> dict[str, Any]:
+    """Summary statistics of a run directory (see compute_stats), for inspect and reports."""
+    return compute_stats(load_run_tables(run))
