@@ -1,0 +1,213 @@
+"""SFT on the tiny Qwen2.5-VL: assistant-only labels, padding-free batches, checkpoints, adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+import datasets  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from medrecipe.train.config import SFTConfig  # noqa: E402
+from medrecipe.train.sft import VLMChatCollator, build_sft_trainer, run_sft  # noqa: E402
+from medrecipe.vlm import load_model_and_processor, load_processor  # noqa: E402
+
+ANSWERS = [
+    "<think>Consolidation in the right lower lobe.</think><answer>A</answer>",
+    "<think>Hard exudates and microaneurysms.</think><answer>C</answer>",
+    "First reply.",
+    "<think>Dural-based mass.</think><answer>B</answer>",
+]
+
+
+def _make_export(root, n=4):
+    """A TRL-format export as medrecipe writes it: typed parts + an images column."""
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True)
+    rows = {"id": [], "messages": [], "images": []}
+    for i in range(n):
+        path = img_dir / f"{i}.png"
+        Image.new("RGB", (40 + 12 * i, 56), (40 * i, 120, 60)).save(path)
+        user = [
+            {"type": "image", "text": None},
+            {"type": "text", "text": f"Case {i}: what is seen?"},
+        ]
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": "You are a radiologist."}]},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": [{"type": "text", "text": ANSWERS[i % len(ANSWERS)]}]},
+        ]
+        if i == 2:  # a two-turn conversation: both assistant turns are trained
+            messages += [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "And the answer?"}],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "<answer>D</answer>"}]},
+            ]
+        rows["id"].append(f"ex{i}")
+        rows["messages"].append(messages)
+        rows["images"].append([str(path)])
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "messages": [
+                {
+                    "role": datasets.Value("string"),
+                    "content": [
+                        {"type": datasets.Value("string"), "text": datasets.Value("string")}
+                    ],
+                }
+            ],
+            "images": datasets.Sequence(datasets.Image()),
+        }
+    )
+    out = root / "trl"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows, features=features)}
+    ).save_to_disk(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return _make_export(tmp_path_factory.mktemp("export"))
+
+
+def _cfg(tiny_vlm, export, out, **kw):
+    base = dict(
+        model=str(tiny_vlm),
+        dataset=str(export),
+        output_dir=str(out),
+        effective_batch_size=2,
+        per_device_batch_size=2,
+        max_steps=3,
+        logging_steps=1,
+        image_max_pixels=56 * 56,
+        device="cpu",
+    )
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def test_only_assistant_tokens_carry_labels(tiny_vlm, export):
+    processor = load_processor(tiny_vlm, max_pixels=56 * 56)
+    ds = datasets.load_from_disk(str(export))["train"]
+    collator = VLMChatCollator(processor)
+    rows = [ds[1], ds[2]]
+    batch = collator(rows)
+    tok = processor.tokenizer
+    image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert (batch["input_ids"] == image_pad).any()
+    for row, example in enumerate(rows):
+        labels = batch["labels"][row]
+        ids = batch["input_ids"][row]
+        trained = labels != -100
+        # labels equal the inputs where they are kept
+        assert torch.equal(labels[trained], ids[trained])
+        expected = "".join(
+            m["content"][0]["text"] + "<|im_end|>"
+            for m in example["messages"]
+            if m["role"] == "assistant"
+        )
+        assert tok.decode(ids[trained]) == expected
+        # image placeholders, padding, system and user text never carry a label
+        assert not trained[ids == image_pad].any()
+        assert not trained[batch["attention_mask"][row] == 0].any()
+        assert "radiologist" not in tok.decode(ids[trained])
+
+
+def test_padding_free_batch_gives_the_padded_loss(tiny_vlm, export):
+    model, processor = load_model_and_processor(tiny_vlm, device="cpu")
+    processor = load_processor(tiny_vlm, max_pixels=56 * 56)
+    ds = datasets.load_from_disk(str(export))["train"]
+    rows = [ds[0], ds[2], ds[3]]
+    padded = VLMChatCollator(processor)(rows)
+    packed = VLMChatCollator(processor, padding_free=True, rope_index=model.model.get_rope_index)(
+        rows
+    )
+    assert packed["input_ids"].shape[0] == 1
+    assert "attention_mask" not in packed
+    assert packed["input_ids"].shape[1] == int(padded["attention_mask"].sum())
+    assert int((packed["labels"] != -100).sum()) == int((padded["labels"] != -100).sum())
+    with torch.no_grad():  # training runs without a KV cache; a cache disables packed masking
+        loss_padded = model(**padded, use_cache=False).loss
+        loss_packed = model(**packed, use_cache=False).loss
+    assert torch.isfinite(loss_padded)
+    assert torch.allclose(loss_padded, loss_packed, atol=1e-5)
+
+
+def test_full_sft_steps_save_a_reloadable_checkpoint(tiny_vlm, export, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(tiny_vlm, export, tmp_path / "sft", run_dir=str(run_dir), learning_rate=1e-3)
+    final = run_sft(cfg)
+    log = [
+        json.loads(line) for line in (tmp_path / "sft" / "train_log.jsonl").read_text().splitlines()
+    ]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(v)) for v in losses)
+
+    before = load_file(str(tiny_vlm / "model.safetensors"))
+    after = load_file(str(final / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # (checkpoints keep the published Qwen2.5-VL key names: model.layers.*, visual.*)
+    assert any(k.startswith("model.layers.") for k in changed)
+    # the vision encoder is frozen by default; its projector (merger) trains with full FT
+    assert any(k.startswith("visual.blocks.") for k in before)
+    assert not any(k.startswith("visual.blocks.") for k in changed)
+    assert any(k.startswith("visual.merger.") for k in changed)
+
+    model, processor = load_model_and_processor(final, device="cpu")
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    record = json.loads((tmp_path / "sft" / "dataset.json").read_text())
+    assert record["dataset_path"] == str(export.resolve()) and record["num_rows"] == 4
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["train_sft"]["inputs"]["dataset"] == record["fingerprint"]
+
+
+def test_padding_free_training_runs(tiny_vlm, export, tmp_path):
+    cfg = _cfg(tiny_vlm, export, tmp_path / "pf", padding_free=True, max_steps=2)
+    trainer, _ = build_sft_trainer(cfg)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["position_ids"].shape[0] == 4  # text positions + 3 M-RoPE rows
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+
+
+def test_lora_adapter_targets_language_projections_and_reloads(tiny_vlm, export, tmp_path):
+    cfg = _cfg(
+        tiny_vlm,
+        export,
+        tmp_path / "lora",
+        preset="openmedreason_lora",
+        learning_rate=5e-2,
+        effective_batch_size=2,
+    )
+    final = run_sft(cfg)
+    adapter_cfg = json.loads((final / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 64 and adapter_cfg["lora_alpha"] == 128
+    weights = load_file(str(final / "adapter_model.safetensors"))
+    assert weights and all("language_model" in k for k in weights)
+    assert not any("visual" in k for k in weights)
+    assert {k.split(".")[-3] for k in weights if "lora_A" in k} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+
+    base, processor = load_model_and_processor(tiny_vlm, device="cpu")
+    tuned, _ = load_model_and_processor(final, device="cpu")  # base + adapter, merged
+    ids = processor(text=["<|im_start|>user\nhello<|im_end|>\n"], return_tensors="pt")
+    with torch.no_grad():
+        a = base(**ids).logits
+        b = tuned(**ids).logits
+    assert not torch.allclose(a, b)
