@@ -111,7 +111,7 @@ class ForcedEndConfig(_Model):
     open_tag: str = "<think>"
     close_tag: str = "</think>"
     # Appended after the close tag; the model then only has to write the answer.
-    cue: str = "\n\nConsidering the limited time, I have to give the final answer now.\n\nThe final answer is $\\boxed{"
+    cue: str = "\n\nThinking stops here; I commit to my best answer.\n\nThe final answer is \\boxed{"
     max_tokens: int = Field(default=64, ge=1)
 
 

@@ -213,9 +213,9 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
              backends: Mapping[str, Any] | None = None, progress: bool | None = None,
              log: Callable[[str], None] | None = None) -> EvalResult:
     """Evaluate `config.model` on every benchmark of `config`; writes and returns the results."""
-    from medrecipe.generate import Engine, GenRequest
+    from medrecipe.generate import Engine, GenRequest, request_key
     from medrecipe.images import ImageStore
-    from medrecipe.prompts import load_template
+    from medrecipe.prompts import image_refs, load_template
 
     say = log or (lambda _msg: None)
     run_dir = Path(out_dir) if out_dir is not None else config.resolved_run_dir()
@@ -244,9 +244,16 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
         }
         say(f"{bench.name}: {len(items)} items ({len(quarantine)} quarantined)")
 
-    # ---- 2. one request per (item, seed, sample)
+    # ---- 2. one request per (item, seed, sample); generations come back under the cache
+    # key of their request, which is how each is matched to its slot.
+    model = config.model
+
+    def key_of(sampling: SamplingConfig, messages: list[dict]) -> str:
+        return request_key(model.backend, model.model, sampling, messages, image_refs(messages), 0)
+
     requests = []
-    slots: dict[tuple[str, int], tuple[str, Item, int, int]] = {}
+    # Identical prompts (a question repeated within or across benchmarks) share one request.
+    slots: dict[str, list[tuple[str, Item, int, int, int]]] = {}
     rendered: dict[str, list[dict]] = {}
     for bench in benches:
         for item in items_by_bench[bench.name]:
@@ -258,39 +265,42 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             for seed in config.seeds:
                 for j in range(config.samples_per_seed):
                     es = endpoint_seed(seed, j)
-                    slots[(item.id, es)] = (bench.name, item, seed, j)
+                    sampling = _sampling(config, es)
+                    k = key_of(sampling, messages)
+                    if k in slots:
+                        slots[k].append((bench.name, item, seed, j, es))
+                        continue
+                    slots[k] = [(bench.name, item, seed, j, es)]
                     requests.append(GenRequest(
                         item_id=item.id, teacher=TEACHER, messages=messages, n=1,
                         source=bench.name, template=template.name,
-                        template_hash=template.hash, sampling=_sampling(config, es)))
+                        template_hash=template.hash, sampling=sampling))
 
     engine = Engine({TEACHER: config.model},
                     cache=config.cache_dir or run.subdir("cache"), images=images,
                     budget_usd=config.budget_usd, progress=progress, backends=backends,
                     description=f"eval {config.name}")
     first = engine.run(requests)
-    gens: dict[tuple[str, int], Generation] = {}
-    for g in first.generations:
-        gens[(g.item_id, int(g.seed) if g.seed is not None else 0)] = g
+    gens: dict[str, Generation] = {g.key: g for g in first.generations}
 
     # ---- 3. forced end of thinking
     fe = config.forced_end
-    forced: dict[tuple[str, int], tuple[str, Generation]] = {}
+    forced: dict[str, tuple[str, Generation]] = {}
     if fe.enabled:
         cont_requests = []
-        prefixes: dict[tuple[str, int], str] = {}
+        prefixes: dict[str, tuple[str, str]] = {}  # continuation key -> (sample key, prefix)
         for key, g in gens.items():
-            if not needs_forced_end(g, fe):
+            if key not in slots or not needs_forced_end(g, fe):
                 continue
             prefix = truncated_thinking(g, fe) + fe.close_tag + fe.cue
-            prefixes[key] = prefix
             messages = [*rendered[g.item_id], {"role": "assistant", "content": prefix}]
+            sampling = _sampling(config, slots[key][0][4], max_tokens=fe.max_tokens,
+                                 extra={"continue_final_message": True,
+                                        "add_generation_prompt": False})
+            prefixes[key_of(sampling, messages)] = (key, prefix)
             cont_requests.append(GenRequest(
                 item_id=g.item_id, teacher=TEACHER, messages=messages, n=1, source=g.source,
-                template=template.name, template_hash=template.hash,
-                sampling=_sampling(config, key[1], max_tokens=fe.max_tokens,
-                                   extra={"continue_final_message": True,
-                                          "add_generation_prompt": False})))
+                template=template.name, template_hash=template.hash, sampling=sampling))
         if cont_requests:
             say(f"forcing an end of thinking on {len(cont_requests)} samples")
             second = engine.run(cont_requests)
@@ -299,9 +309,9 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             first.failures += second.failures
             first.complete = first.complete and second.complete
             for c in second.generations:
-                key = (c.item_id, int(c.seed) if c.seed is not None else 0)
-                if key in prefixes:
-                    forced[key] = (prefixes[key], c)
+                if c.key in prefixes:
+                    sample_key, prefix = prefixes[c.key]
+                    forced[sample_key] = (prefix, c)
 
     # ---- 4. grade every sample
     from medrecipe.answers import extract, grade
@@ -312,14 +322,15 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
     final_gens: list[Generation] = []
     verdicts: list[Verdict] = []
     cats = {b.name: b.category for b in benches}
-    for (item_id, es), (bench_name, item, seed, j) in slots.items():
-        g = gens.get((item_id, es))
+    for key, (bench_name, item, seed, j, es) in ((k, s) for k, v in slots.items() for s in v):
+        item_id = item.id
+        g = gens.get(key)
         if g is None:  # not launched (budget stop): absent, a later run fills it in
             continue
         text, completion_tokens, was_forced, error = g.text, g.completion_tokens, False, g.error
         finish = g.finish_reason
-        if (item_id, es) in forced:
-            prefix, c = forced[(item_id, es)]
+        if key in forced:
+            prefix, c = forced[key]
             was_forced = True
             if c.error:
                 error = f"forced end: {c.error}"
@@ -327,7 +338,6 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             else:
                 text = prefix + (c.text or "")
                 completion_tokens += c.completion_tokens
-                finish = c.finish_reason
         if text is not None:
             ext = extract(text, options=item.options or None)
             correct = grade(ext, item)
@@ -339,6 +349,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
         thinking, answer_part = split_thinking(text, fe.open_tag, fe.close_tag)
         t_tok, a_tok = counter.count(thinking, answer_part, completion_tokens)
         final = g.model_copy(update={"text": text, "forced_end": was_forced, "error": error,
+                                     "item_id": item_id, "source": bench_name, "seed": es,
                                      "finish_reason": finish,
                                      "completion_tokens": completion_tokens, "sample_index": j})
         final_gens.append(final)
