@@ -90,7 +90,6 @@ def test_cot_target_uses_thinking_and_canonical_box():
     assert row["target"] == (
         "<think>\nStroma is pink and fibrous.\nNot necrosis.\n</think>\n\n\\boxed{B: Stroma}"
     )
-    assert row["reasoning"] == "Stroma is pink and fibrous.\nNot necrosis."
     assert row["answer_text"] == "Stroma"
     assert row["images"] == ["shaq1"]
     assert row["question"] == "What tissue is q1?"
@@ -100,7 +99,7 @@ def test_direct_target_is_the_answer_only():
     res = select(*build({"q1": (mc_item("q1", answer="D"), "c")}), SelectConfig(target_format="direct"))
     row = all_rows(res)[0]
     assert row["target"] == "\\boxed{D: Inflammatory}"
-    assert row["reasoning"] == ""
+    assert "<think>" not in row["target"]
 
 
 def test_open_question_target_boxes_the_answer_text():
@@ -144,6 +143,12 @@ def test_cot_drops_traces_without_reasoning():
     res = select(*build({"q1": (mc_item("q1"), "cc")}, texts=texts), SelectConfig())
     assert [r["key"] for r in all_rows(res)] == ["t1-q1-1"]
     assert res.stats["totals"]["empty_reasoning"] == 1
+    # with a cap, an empty trace gives its place to the next one in order
+    for seed in range(4):
+        res = select(*build({"q1": (mc_item("q1"), "cc")}, texts=texts),
+                     SelectConfig(cap_per_question=1, seed=seed))
+        assert [r["key"] for r in all_rows(res)] == ["t1-q1-1"]
+        assert res.stats["totals"]["empty_reasoning"] + res.stats["totals"]["capped"] == 1
     # direct targets need no reasoning
     res = select(*build({"q1": (mc_item("q1"), "cc")}, texts=texts), SelectConfig(target_format="direct"))
     assert len(all_rows(res)) == 2

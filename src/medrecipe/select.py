@@ -12,9 +12,10 @@ Order of operations (every step is deterministic for a given `SelectConfig.seed`
 3. Difficulty filter (optional): keep questions whose judge rating (1..10, given by the
    caller as ``{item_id: rating}``) lies in ``[min_rating, max_rating]``; questions with
    no rating are dropped and counted as ``unrated``.
-4. Cap: at most ``cap_per_question`` traces per question, chosen by the order of
+4. Cap: at most ``cap_per_question`` traces per question, taken in the order of
    ``sha256(seed, generation key)``, so the choice is stable across re-runs and does not
-   depend on row order.
+   depend on row order. In cot format a trace with no reasoning (see below) is skipped
+   and the next one in that order takes its place.
 5. Mixing (optional): per-source question quotas, or weights (+ total) that set each
    source's share of questions; which questions a source keeps follows
    ``sha256(seed, item_id)``.
@@ -41,7 +42,8 @@ The reasoning is the teacher's thinking, found in this order:
   answer phrase, the text is cut at the start of the line holding that phrase.
 
 A cot trace whose reasoning is empty after this is dropped (counted as
-``empty_reasoning``): it would teach the student to answer without thinking.
+``empty_reasoning``): it would teach the student to answer without thinking. Traces
+beyond the cap are counted as ``capped`` without being examined.
 
 ``direct``: the boxed answer only.
 """
@@ -86,7 +88,6 @@ SELECTED_SCHEMA = pa.schema(
         pa.field("sample_index", pa.int32()),
         pa.field("method", pa.string()),  # extraction rule that found the answer
         pa.field("completion_tokens", pa.int64()),
-        pa.field("reasoning", pa.string()),  # the reasoning used in the target ("" for direct)
         pa.field("target", pa.string(), nullable=False),  # assistant training text
         pa.field("target_format", pa.string(), nullable=False),
         pa.field("split", pa.string(), nullable=False),  # "train" or "val"
@@ -422,38 +423,46 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
                 q_stats[src_of(item_id, None)][
                     "unrated" if rating is None else "filtered_difficulty"] += 1
 
-    # -- build targets (text columns only for surviving candidates)
+    # -- cap per question, in hash order; in cot format a trace without reasoning is
+    # skipped and the next one in order takes its place. Only the texts of surviving
+    # candidates are read, and traces beyond the cap are counted as capped unexamined.
+    cot = config.target_format == "cot"
+    cap = config.cap_per_question
     want = [v["key"][i] for rows in candidates.values() for i in rows]
-    gen_text: dict[str, dict[str, Any]] = {}
+    gen_text: dict[str, tuple[str | None, str | None]] = {}
+    gen_meta: dict[str, tuple[str | None, int | None]] = {}
     if want:
         sub = generations.filter(pc.is_in(generations.column("key"), pa.array(want, pa.string())))
-        for row in sub.select([c for c in ("key", "text", "reasoning", "model", "completion_tokens")
-                               if c in sub.column_names]).to_pylist():
-            gen_text[row["key"]] = row
+        sub_cols = {c: _col(sub, c) for c in ("key", "text", "reasoning", "model",
+                                              "completion_tokens")}
+        for j, key in enumerate(sub_cols["key"]):
+            gen_text[key] = (sub_cols["text"][j], sub_cols["reasoning"][j])
+            gen_meta[key] = (sub_cols["model"][j], sub_cols["completion_tokens"][j])
+        del sub, sub_cols
     reasoning_of: dict[int, str] = {}
     for item_id in list(candidates):
-        keep = []
-        for i in candidates[item_id]:
-            g = gen_text[v["key"][i]]
-            r = extract_reasoning(g.get("text"), g.get("reasoning"), v["method"][i],
-                                  (v["span_start"][i], v["span_end"][i]))
-            if config.target_format == "cot" and not r:
-                drop(item_id, [i], "empty_reasoning")
-                continue
+        rows = candidates[item_id]
+        rows.sort(key=lambda i: (_h64(seed, "cap:" + v["key"][i]), v["key"][i]))
+        keep: list[int] = []
+        for pos, i in enumerate(rows):
+            if cap is not None and len(keep) >= cap:
+                drop(item_id, rows[pos:], "capped")
+                break
+            text, reasoning = gen_text.pop(v["key"][i], (None, None))
+            r = ""
+            if cot:
+                r = extract_reasoning(text, reasoning, v["method"][i],
+                                      (v["span_start"][i], v["span_end"][i]))
+                if not r:
+                    drop(item_id, [i], "empty_reasoning")
+                    continue
             reasoning_of[i] = r
             keep.append(i)
         if keep:
             candidates[item_id] = keep
         else:
             del candidates[item_id]
-
-    # -- cap per question
-    if config.cap_per_question is not None:
-        for item_id, rows in candidates.items():
-            rows.sort(key=lambda i: (_h64(seed, "cap:" + v["key"][i]), v["key"][i]))
-            if len(rows) > config.cap_per_question:
-                drop(item_id, rows[config.cap_per_question:], "capped")
-                del rows[config.cap_per_question:]
+    gen_text.clear()
 
     # -- mixing (in questions)
     per_source: dict[str, list[str]] = defaultdict(list)
@@ -469,8 +478,18 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
                 drop(item_id, candidates.pop(item_id), "filtered_mix")
                 q_stats[s]["filtered_mix"] += 1
 
-    # -- rows
-    rows_out: list[dict[str, Any]] = []
+    # -- rows, built column-wise in bounded chunks (targets can be large)
+    names = SELECTED_SCHEMA.names
+    buffers: dict[str, dict[str, list[Any]]] = {sp: {n: [] for n in names} for sp in ("train", "val")}
+    batches: dict[str, list[pa.RecordBatch]] = {"train": [], "val": []}
+
+    def flush(sp: str) -> None:
+        buf = buffers[sp]
+        if buf["id"]:
+            batches[sp].append(pa.RecordBatch.from_pydict(buf, schema=SELECTED_SCHEMA))
+            for col in buf.values():
+                col.clear()
+
     for item_id in sorted(candidates):
         it = item_rows[item_id]
         split = split_of(item_id, seed, config.val_fraction)
@@ -479,39 +498,32 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
         options = list(it.get("options") or [])
         answer = it["answer"]
         answer_text = options[LETTERS.index(answer.strip().upper())] if options else answer
+        buf = buffers[split]
         for i in candidates[item_id]:
-            g = gen_text[v["key"][i]]
+            key = v["key"][i]
+            model, completion_tokens = gen_meta.get(key, (None, None))
             teacher = v["teacher"][i] or ""
-            r = reasoning_of[i] if config.target_format == "cot" else ""
-            rows_out.append({
-                "id": f"{item_id}#{v['key'][i]}",
-                "item_id": item_id,
-                "source": it["source"],
-                "task": it["task"],
-                "question": it["question"],
-                "options": options,
-                "answer": answer,
-                "answer_text": answer_text,
-                "images": list(it.get("images") or []),
-                "modality": it.get("modality"),
-                "anatomy": it.get("anatomy"),
-                "teacher": teacher,
-                "model": g.get("model"),
-                "key": v["key"][i],
-                "sample_index": v["sample_index"][i],
-                "method": v["method"][i],
-                "completion_tokens": g.get("completion_tokens"),
-                "reasoning": r,
-                "target": make_target(r, options, answer, config.target_format),
-                "target_format": config.target_format,
-                "split": split,
-            })
+            values = {
+                "id": f"{item_id}#{key}", "item_id": item_id, "source": it["source"],
+                "task": it["task"], "question": it["question"], "options": options,
+                "answer": answer, "answer_text": answer_text,
+                "images": list(it.get("images") or []), "modality": it.get("modality"),
+                "anatomy": it.get("anatomy"), "teacher": teacher, "model": model, "key": key,
+                "sample_index": v["sample_index"][i], "method": v["method"][i],
+                "completion_tokens": completion_tokens,
+                "target": make_target(reasoning_of.pop(i), options, answer, config.target_format),
+                "target_format": config.target_format, "split": split,
+            }
+            for n in names:
+                buf[n].append(values[n])
             bump("accepted", it["source"], teacher)
             bump(split, it["source"], teacher)
-
-    table = pa.Table.from_pylist(rows_out, schema=SELECTED_SCHEMA)
-    is_val = pc.equal(table.column("split"), "val")
-    train, val = table.filter(pc.invert(is_val)), table.filter(is_val)
+            if len(buf["id"]) >= 4096:
+                flush(split)
+    for sp in ("train", "val"):
+        flush(sp)
+    train = pa.Table.from_batches(batches["train"], schema=SELECTED_SCHEMA)
+    val = pa.Table.from_batches(batches["val"], schema=SELECTED_SCHEMA)
 
     q_totals: Counter = Counter()
     for c in q_stats.values():
