@@ -17,7 +17,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 import medrecipe
 from medrecipe.config import ReportConfig
 from medrecipe.report.plots import make_plots
-from medrecipe.report.stats import RunTables, _col, compute_stats, load_run_tables, verdict_frame
+from medrecipe.report.stats import (
+    RunTables,
+    compute_stats,
+    generation_texts,
+    load_run_tables,
+    verdict_frame,
+)
 from medrecipe.schema import LETTERS
 from medrecipe.store import Run
 
@@ -151,12 +157,7 @@ def rejected_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportCo
     if not picked:
         return []
     keys = {r["key"] for r in picked}
-    gens: dict[str, dict[str, Any]] = {}
-    if t.generations is not None:
-        for key, text, err in zip(_col(t.generations, "key"), _col(t.generations, "text"),
-                                  _col(t.generations, "error"), strict=True):
-            if key in keys:
-                gens[key] = {"text": text, "error": err}
+    gens = generation_texts(t, keys)
     items: dict[str, dict[str, Any]] = {}
     if t.items is not None:
         wanted = {r["item_id"] for r in picked}

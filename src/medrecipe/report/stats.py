@@ -31,7 +31,8 @@ from medrecipe.store import Run
 
 ITEM_COLUMNS = ["id", "source", "split", "task", "question", "options", "answer", "images",
                 "modality", "anatomy"]
-GEN_COLUMNS = ["key", "item_id", "source", "teacher", "model", "sample_index", "text",
+# Response texts are not loaded here (they can be gigabytes); see generation_texts.
+GEN_COLUMNS = ["key", "item_id", "source", "teacher", "model", "sample_index",
                "finish_reason", "completion_tokens", "prompt_tokens", "cost_usd", "error"]
 
 
@@ -86,6 +87,23 @@ def load_run_tables(run: Run | str | Path) -> RunTables:
         val=_read(run.path(SELECTED_VAL)),
         quarantine=quarantine,
     )
+
+
+def generation_texts(t: RunTables, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """{key: {"text", "error"}} for a few generation keys, read from the run's Parquet file."""
+    if not keys:
+        return {}
+    if t.generations is not None and "text" in t.generations.column_names:
+        table = t.generations
+    else:
+        path = t.root / "generations.parquet"
+        if not path.exists():
+            return {}
+        table = pq.read_table(path, columns=["key", "text", "error"],
+                              filters=[("key", "in", sorted(keys))])
+    return {k: {"text": x, "error": e}
+            for k, x, e in zip(_col(table, "key"), _col(table, "text"), _col(table, "error"),
+                               strict=True) if k in keys}
 
 
 def _col(table: pa.Table, name: str, default: Any = None) -> list[Any]:
