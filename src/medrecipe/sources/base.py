@@ -13,7 +13,7 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,14 @@ class Reject:
     item_id: str | None = None
 
 
-RawStream = Iterator[tuple[int, "dict[str, Any] | Reject"]]
+@dataclass
+class Skip:
+    """A row an adapter leaves out on purpose (a filter such as a category): counted, not quarantined."""
+
+    reason: str
+
+
+RawStream = Iterator[tuple[int, "dict[str, Any] | Reject | Skip"]]
 
 
 # --------------------------------------------------------------------------- reading
@@ -324,6 +331,8 @@ class BuildStats:
     rows: int = 0
     items: int = 0
     quarantined: int = 0
+    skipped: int = 0  # rows an adapter filtered out on purpose (not quarantined)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
 
 
 def build_items(
@@ -352,6 +361,10 @@ def build_items(
         stats.rows += 1
         if on_rows is not None:
             on_rows(1)
+        if isinstance(raw, Skip):
+            stats.skipped += 1
+            stats.skip_reasons[raw.reason] = stats.skip_reasons.get(raw.reason, 0) + 1
+            continue
         if isinstance(raw, Reject):
             reject(idx, raw.reason, raw.detail, raw.raw, raw.item_id)
             continue
@@ -434,7 +447,7 @@ def as_text(value: Any) -> str:
 
 
 __all__ = [
-    "Reject", "RawStream", "read_records", "enumerate_records", "answer_to_letter", "options_from",
+    "Reject", "Skip", "RawStream", "read_records", "enumerate_records", "answer_to_letter", "options_from",
     "strip_option_prefix", "resolve_image", "build_items", "clean_meta", "infer_task", "as_text",
     "BuildStats", "detect_format", "io",
 ]
