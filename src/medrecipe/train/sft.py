@@ -164,72 +164,87 @@ class VLMChatCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         encoded = [self.encode(e) for e in examples]
-        batch = self._pack(encoded) if self.padding_free else self._pad(encoded)
-        for key in ("pixel_values", "image_grid_thw"):
-            parts = [e[key] for e in encoded if key in e]
-            if parts:
-                import torch
+        if self.padding_free:
+            return pack_examples(encoded, self.rope_index)
+        return pad_examples(encoded, self.pad_id)
 
-                batch[key] = torch.cat(parts, dim=0)
-        return batch
 
-    def _pad(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
+def _vision_tensors(encoded: list[dict[str, Any]], batch: dict[str, Any]) -> dict[str, Any]:
+    import torch
 
-        width = max(e["input_ids"].shape[0] for e in encoded)
-        n = len(encoded)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
-        has_mm = "mm_token_type_ids" in encoded[0]
-        mm = torch.zeros((n, width), dtype=torch.long) if has_mm else None
-        for row, e in enumerate(encoded):
-            length = e["input_ids"].shape[0]
-            input_ids[row, :length] = e["input_ids"]
-            labels[row, :length] = e["labels"]
-            attention[row, :length] = 1
-            if mm is not None:
-                mm[row, :length] = e["mm_token_type_ids"]
-        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    for key in ("pixel_values", "image_grid_thw"):
+        parts = [e[key] for e in encoded if key in e]
+        if parts:
+            batch[key] = torch.cat(parts, dim=0)
+    return batch
+
+
+def pad_examples(encoded: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad encoded examples (input_ids, labels, mm_token_type_ids) into a batch."""
+    import torch
+
+    width = max(e["input_ids"].shape[0] for e in encoded)
+    n = len(encoded)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    has_mm = "mm_token_type_ids" in encoded[0]
+    mm = torch.zeros((n, width), dtype=torch.long) if has_mm else None
+    for row, e in enumerate(encoded):
+        length = e["input_ids"].shape[0]
+        input_ids[row, :length] = e["input_ids"]
+        labels[row, :length] = e["labels"]
+        attention[row, :length] = 1
         if mm is not None:
-            batch["mm_token_type_ids"] = mm
-        return batch
+            mm[row, :length] = e["mm_token_type_ids"]
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    if mm is not None:
+        batch["mm_token_type_ids"] = mm
+    return _vision_tensors(encoded, batch)
 
-    def _pack(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
 
-        text_pos, rope_pos = [], []
-        labels = []
-        for e in encoded:
-            length = e["input_ids"].shape[0]
-            text_pos.append(torch.arange(length))
-            lab = e["labels"].clone()
-            lab[0] = IGNORE_INDEX  # never predict one example's first token from the previous one
-            labels.append(lab)
-            if self.rope_index is not None:
-                pos, _ = self.rope_index(
-                    e["input_ids"][None],
-                    mm_token_type_ids=e["mm_token_type_ids"][None],
-                    image_grid_thw=e.get("image_grid_thw"),
-                    attention_mask=None,
-                )
-                rope_pos.append(pos[:, 0, :])  # (3, length)
-        input_ids = torch.cat([e["input_ids"] for e in encoded])[None]
-        text = torch.cat(text_pos)[None]
-        if self.rope_index is not None:
-            # (4, 1, L): row 0 is the plain text position that transformers uses to find
-            # where each packed example starts; rows 1-3 are M-RoPE (time, height, width).
-            position_ids = torch.cat([text[None], torch.cat(rope_pos, dim=1)[:, None, :]], dim=0)
-        else:
-            position_ids = text
-        batch = {
-            "input_ids": input_ids,
-            "labels": torch.cat(labels)[None],
-            "position_ids": position_ids,
-        }
-        if "mm_token_type_ids" in encoded[0]:
-            batch["mm_token_type_ids"] = torch.cat([e["mm_token_type_ids"] for e in encoded])[None]
-        return batch
+def pack_examples(
+    encoded: list[dict[str, Any]], rope_index: Callable[..., Any] | None = None
+) -> dict[str, Any]:
+    """Concatenate encoded examples into one padding-free row with per-example positions.
+
+    ``rope_index`` is the model's M-RoPE position function (Qwen-VL ``get_rope_index``);
+    without it, plain 1-D positions are used.
+    """
+    import torch
+
+    text_pos, rope_pos = [], []
+    labels = []
+    for e in encoded:
+        length = e["input_ids"].shape[0]
+        text_pos.append(torch.arange(length))
+        lab = e["labels"].clone()
+        lab[0] = IGNORE_INDEX  # never predict one example's first token from the previous one
+        labels.append(lab)
+        if rope_index is not None:
+            pos, _ = rope_index(
+                e["input_ids"][None],
+                mm_token_type_ids=e["mm_token_type_ids"][None],
+                image_grid_thw=e.get("image_grid_thw"),
+                attention_mask=None,
+            )
+            rope_pos.append(pos[:, 0, :].to(torch.long))  # (3, length)
+    input_ids = torch.cat([e["input_ids"] for e in encoded])[None]
+    text = torch.cat(text_pos)[None]
+    if rope_index is not None:
+        # (4, 1, L): row 0 is the plain text position that transformers uses to find
+        # where each packed example starts; rows 1-3 are M-RoPE (time, height, width).
+        position_ids = torch.cat([text[None], torch.cat(rope_pos, dim=1)[:, None, :]], dim=0)
+    else:
+        position_ids = text
+    batch = {
+        "input_ids": input_ids,
+        "labels": torch.cat(labels)[None],
+        "position_ids": position_ids,
+    }
+    if "mm_token_type_ids" in encoded[0]:
+        batch["mm_token_type_ids"] = torch.cat([e["mm_token_type_ids"] for e in encoded])[None]
+    return _vision_tensors(encoded, batch)
 
 
 # --------------------------------------------------------------------------- model setup
