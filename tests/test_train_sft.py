@@ -50,9 +50,13 @@ def _make_export(root, n=4):
                 },
                 {"role": "assistant", "content": [{"type": "text", "text": "<answer>D</answer>"}]},
             ]
+        images = [str(path)]
+        if i == 3:  # a text-only question (MedQA-style) in the same dataset
+            messages[1]["content"] = user[1:]
+            images = []
         rows["id"].append(f"ex{i}")
         rows["messages"].append(messages)
-        rows["images"].append([str(path)])
+        rows["images"].append(images)
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
