@@ -119,6 +119,7 @@ class TeacherConfig(_Model):
     backoff_max_s: float = Field(default=60.0, gt=0)  # cap on one retry delay
     api_key_header: str | None = None  # None: "Authorization: Bearer <key>"; Azure: "api-key"
     url_params: dict[str, str] = Field(default_factory=dict)  # query string, e.g. api-version
+    http_transport: Literal["fast", "httpx"] = "fast"  # openai_compat: lean HTTP/1.1 or httpcore
     price: Price = Field(default_factory=Price)
     device: str | None = None  # transformers_local: "cpu", "cuda", ...
     dtype: str | None = None

@@ -1,0 +1,131 @@
+"""Content-addressed request cache: one SQLite row per sampled response, written on arrival.
+
+The key of a sample is a SHA-256 over (backend, model, sampling parameters, rendered
+messages, image refs, sample index). Image refs are themselves content hashes, so the
+key changes whenever the bytes sent would change. The database runs in WAL mode with
+`synchronous=NORMAL`: a committed row survives the process being killed at any moment.
+Only successful responses are stored; failures are retried by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medrecipe.config import SamplingConfig
+
+CACHE_FILE = "requests.sqlite"
+KEY_VERSION = 1
+
+__all__ = ["CACHE_FILE", "RequestCache", "base_key", "request_key", "sample_key"]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def base_key(backend: str, model: str, sampling: SamplingConfig,
+             messages: Sequence[Mapping[str, Any]], images: Sequence[str] = ()) -> str:
+    """Hash of everything in a request except the sample index."""
+    blob = _canonical({
+        "v": KEY_VERSION,
+        "backend": backend,
+        "model": model,
+        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                     "max_tokens": sampling.max_tokens, "seed": sampling.seed,
+                     "extra": sampling.extra},
+        "messages": list(messages),
+        "images": list(images),
+    })
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def sample_key(base: str, sample_index: int) -> str:
+    """Key of one sample of a request."""
+    return hashlib.sha256(f"{base}:{sample_index}".encode()).hexdigest()
+
+
+def request_key(backend: str, model: str, sampling: SamplingConfig,
+                messages: Sequence[Mapping[str, Any]], images: Sequence[str],
+                sample_index: int) -> str:
+    """Cache key of one sample: base key over the request, then the sample index."""
+    return sample_key(base_key(backend, model, sampling, messages, images), sample_index)
+
+
+class RequestCache:
+    """SQLite (WAL) store of sampled responses keyed by `request_key`."""
+
+    def __init__(self, path: str | Path):
+        p = Path(path)
+        if p.suffix not in (".sqlite", ".db"):
+            p = p / CACHE_FILE
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.path = p
+        self._db = sqlite3.connect(str(p), timeout=60.0, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=60000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses ("
+            " key TEXT PRIMARY KEY, data TEXT NOT NULL, created REAL NOT NULL)")
+
+    def __repr__(self) -> str:
+        return f"RequestCache({str(self.path)!r})"
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored records for the keys that are present."""
+        out: dict[str, dict[str, Any]] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for k, data in self._db.execute(
+                    f"SELECT key, data FROM responses WHERE key IN ({marks})", chunk):
+                out[k] = json.loads(data)
+        return out
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """One stored record, or None."""
+        return self.get_many([key]).get(key)
+
+    def put_many(self, records: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Store records and commit at once (one transaction)."""
+        now = time.time()
+        rows = [(k, _canonical(r), now) for k, r in records]
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO responses (key, data, created) VALUES (?, ?, ?)", rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def put(self, key: str, record: Mapping[str, Any]) -> None:
+        """Store one record and commit."""
+        self.put_many([(key, record)])
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def __contains__(self, key: object) -> bool:
+        return self._db.execute("SELECT 1 FROM responses WHERE key = ?",
+                                (key,)).fetchone() is not None
+
+    def close(self) -> None:
+        """Close the database (the WAL is checkpointed by SQLite)."""
+        self._db.close()
+
+    def __enter__(self) -> RequestCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

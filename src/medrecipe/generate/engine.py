@@ -1,0 +1,546 @@
+"""The generation engine: cache, flow control, retries, cost ledger, budget and progress.
+
+Backends only make calls. The engine decides which samples still need a call (each
+sample of each question is its own cache entry), how many calls run at once, how fast
+they start (requests and tokens per minute), what to do when one fails (retry with
+backoff and jitter, honouring `retry-after`; record a failed generation after the retry
+limit), what it cost, and when to stop (budget reached, credentials rejected).
+Every response is written to the cache the moment it arrives, so a killed run loses
+at most the calls that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medrecipe.config import Price, SamplingConfig, TeacherConfig
+from medrecipe.errors import UserError
+from medrecipe.generate.backends import Backend, BackendError, ChatRequest, make_backend
+from medrecipe.generate.cache import RequestCache, base_key, sample_key
+from medrecipe.generate.limits import RateLimiter, backoff_delay
+from medrecipe.prompts import PromptTemplate, image_refs, load_template
+from medrecipe.schema import Generation, Item
+
+if TYPE_CHECKING:
+    from medrecipe.images import ImageStore
+
+log = logging.getLogger("medrecipe.generate")
+
+__all__ = ["Engine", "EngineResult", "GenRequest", "request_for"]
+
+SINK_BATCH = 1024
+BREAKER_FAILURES = 100  # consecutive failed calls (no success in between) that stop a teacher
+
+
+@dataclass
+class GenRequest:
+    """One question for one teacher: `n` samples, indices 0..n-1."""
+
+    item_id: str
+    teacher: str
+    messages: list[dict[str, Any]]
+    n: int = 1
+    source: str = ""
+    template: str = ""
+    template_hash: str = ""
+    sampling: SamplingConfig | None = None  # None: the teacher's sampling
+
+
+def request_for(item: Item, teacher: str, cfg: TeacherConfig, n: int,
+                template: str | Path | PromptTemplate | None = None,
+                sampling: SamplingConfig | None = None, **extra: Any) -> GenRequest:
+    """A GenRequest for an item, rendered with `template` (default: the teacher's template)."""
+    tpl = load_template(template if template is not None else cfg.template)
+    return GenRequest(item_id=item.id, teacher=teacher, messages=tpl.render(item, **extra), n=n,
+                      source=item.source, template=tpl.name, template_hash=tpl.hash,
+                      sampling=sampling)
+
+
+@dataclass
+class EngineResult:
+    """What one engine run produced and what it cost."""
+
+    generations: list[Generation] = field(default_factory=list)
+    complete: bool = True
+    stopped: str | None = None  # "budget" when the budget stopped new calls
+    spend_usd: float = 0.0
+    cost_usd_total: float = 0.0
+    failures: int = 0
+    cached: int = 0
+    requests_sent: int = 0
+    not_launched: int = 0
+    samples: int = 0
+    by_teacher: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _Unit:
+    """Samples of one request still to fetch from the backend."""
+
+    ordinal: int
+    req: GenRequest
+    sampling: SamplingConfig
+    base: str
+    indices: list[int]
+    prompt_estimate: int
+
+
+@dataclass
+class _Teacher:
+    name: str
+    cfg: TeacherConfig
+    backend: Backend
+    limiter: RateLimiter
+    queue: asyncio.Queue[_Unit | None]
+    native: bool
+    avg_completion: float
+    completions_seen: int = 0
+    consecutive_failures: int = 0
+    tripped: str | None = None
+
+
+def _cost(price: Price, prompt_tokens: float, completion_tokens: float) -> float:
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+def _split_tokens(total: int, texts: Sequence[str | None]) -> list[int]:
+    """Share `total` completion tokens over choices in proportion to their length."""
+    weights = [max(1, len(t or "")) for t in texts]
+    s = sum(weights)
+    raw = [total * w / s for w in weights]
+    out = [int(x) for x in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - out[i], reverse=True)[:total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def _prompt_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
+    chars, images = 0, 0
+    for m in messages:
+        c = m.get("content")
+        if isinstance(c, str):
+            chars += len(c)
+        elif isinstance(c, list):
+            for p in c:
+                if p.get("type") == "text":
+                    chars += len(p.get("text", ""))
+                else:
+                    images += 1
+    return chars // 4 + 350 * images + 8
+
+
+class _Progress:
+    """A rich progress bar (done/total, rate, ETA, spend, failures), or nothing."""
+
+    def __init__(self, enabled: bool, description: str, total: int | None):
+        self.enabled = enabled
+        self._p = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
+            TextColumn("[green]${task.fields[spend]:.4f}"),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            refresh_per_second=4, transient=False)
+        self._task = self._p.add_task(description, total=total, spend=0.0, failed=0, rate="")
+        self._t0 = time.perf_counter()
+        self._fetched = 0
+
+    def __enter__(self) -> _Progress:
+        if self._p is not None:
+            self._p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+    def total(self, total: int) -> None:
+        if self._p is not None:
+            self._p.update(self._task, total=total)
+
+    def advance(self, k: int, spend: float, failed: int, fetched: int = 0) -> None:
+        if self._p is None:
+            return
+        self._fetched += fetched
+        dt = time.perf_counter() - self._t0
+        rate = f"{self._fetched / dt:.1f} samples/s" if dt > 0 else ""
+        self._p.update(self._task, advance=k, spend=spend, failed=failed, rate=rate)
+
+
+class Engine:
+    """Runs GenRequests through teachers' backends with caching and flow control."""
+
+    def __init__(self, teachers: Mapping[str, TeacherConfig],
+                 cache: RequestCache | str | Path | None, *, images: ImageStore | None = None,
+                 budget_usd: float | None = None, progress: bool | None = None,
+                 backends: Mapping[str, Backend] | None = None, description: str = "generate",
+                 seed: int | None = None):
+        self.teachers = dict(teachers)
+        self.cache_spec = cache  # a RequestCache, or a folder / .sqlite path opened per run
+        self.images = images
+        self.budget_usd = budget_usd
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._given_backends = dict(backends or {})
+        self.description = description
+        self._rng = random.Random(seed)
+        # Secrets known to this process: scrubbed from every error text the engine keeps.
+        self._secrets = sorted({os.environ[t.api_key_env] for t in self.teachers.values()
+                                if t.api_key_env and os.environ.get(t.api_key_env)},
+                               key=len, reverse=True)
+
+    def __repr__(self) -> str:
+        return f"Engine(teachers={sorted(self.teachers)}, cache={self.cache_spec!r})"
+
+    def redact(self, text: str) -> str:
+        """`text` without any API key this process knows."""
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    # ------------------------------------------------------------------ entry points
+    def run(self, requests: Iterable[GenRequest],
+            sink: Callable[[list[Generation]], None] | None = None,
+            total: int | None = None) -> EngineResult:
+        """Run all requests to completion (or to the budget) and return the result."""
+        return asyncio.run(self.arun(requests, sink=sink, total=total))
+
+    async def arun(self, requests: Iterable[GenRequest],
+                   sink: Callable[[list[Generation]], None] | None = None,
+                   total: int | None = None) -> EngineResult:
+        """Async form of `run`; `total` (samples) sizes the progress bar for lazy inputs."""
+        if total is None and isinstance(requests, Sequence):
+            total = sum(r.n for r in requests)
+        run = _Run(self, sink)
+        with _Progress(self.progress, self.description, total) as bar:
+            run.bar = bar
+            try:
+                await run.execute(requests)
+            finally:
+                await run.shutdown()
+        return run.result()
+
+
+class _Run:
+    """State of one `Engine.arun` call."""
+
+    def __init__(self, engine: Engine, sink: Callable[[list[Generation]], None] | None):
+        self.e = engine
+        self.sink = sink
+        spec = engine.cache_spec
+        self._own_cache = spec is not None and not isinstance(spec, RequestCache)
+        self.cache: RequestCache | None = RequestCache(spec) if self._own_cache else spec  # type: ignore[arg-type]
+        self.bar: _Progress | None = None
+        self.teachers: dict[str, _Teacher] = {}
+        self.workers: list[asyncio.Task[None]] = []
+        self.res = EngineResult()
+        self.buffer: list[Generation] = []
+        self.collected: list[tuple[int, int, Generation]] = []
+        self.stop_reason: str | None = None
+        self.fatal: UserError | None = None
+        self.reserved = 0.0  # estimated cost of calls in flight (for the budget)
+        self.cost_per_sample: float | None = None
+        self._owned: list[Backend] = []
+
+    # ------------------------------------------------------------------ setup
+    def _teacher(self, name: str) -> _Teacher:
+        t = self.teachers.get(name)
+        if t is not None:
+            return t
+        cfg = self.e.teachers.get(name)
+        if cfg is None:
+            raise UserError(f"no teacher named {name!r}; the recipe defines "
+                            f"{', '.join(sorted(self.e.teachers)) or 'none'}")
+        backend = self.e._given_backends.get(name)
+        if backend is None:
+            backend = make_backend(cfg, self.e.images, name=name)
+            self._owned.append(backend)
+        t = _Teacher(name=name, cfg=cfg, backend=backend,
+                     limiter=RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute),
+                     queue=asyncio.Queue(maxsize=2 * cfg.max_in_flight),
+                     native=cfg.native_n and getattr(backend, "supports_n", False),
+                     avg_completion=float(min(cfg.sampling.max_tokens, 1024)))
+        self.teachers[name] = t
+        self.workers += [asyncio.create_task(self._worker(t)) for _ in range(cfg.max_in_flight)]
+        return t
+
+    def _ledger(self, teacher: str) -> dict[str, Any]:
+        return self.res.by_teacher.setdefault(teacher, {
+            "samples": 0, "cached": 0, "failures": 0, "prompt_tokens": 0,
+            "completion_tokens": 0, "cost_usd": 0.0, "spend_usd": 0.0, "requests": 0})
+
+    # ------------------------------------------------------------------ producer
+    async def execute(self, requests: Iterable[GenRequest]) -> None:
+        it = requests if isinstance(requests, AsyncIterator) else None
+        try:
+            if it is not None:
+                async for req in it:
+                    await self._admit(req)
+            else:
+                for ordinal, req in enumerate(requests):
+                    await self._admit(req, ordinal)
+        finally:
+            for t in self.teachers.values():
+                for _ in range(t.cfg.max_in_flight):
+                    await t.queue.put(None)
+            if self.workers:
+                await asyncio.gather(*self.workers, return_exceptions=False)
+            self._flush(final=True)
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _admit(self, req: GenRequest, ordinal: int = 0) -> None:
+        t = self._teacher(req.teacher)
+        cfg = t.cfg
+        sampling = req.sampling or cfg.sampling
+        base = base_key(cfg.backend, cfg.model, sampling, req.messages, image_refs(req.messages))
+        keys = [sample_key(base, i) for i in range(req.n)]
+        hits = self.cache.get_many(keys) if self.cache is not None else {}
+        led = self._ledger(t.name)
+        done = 0
+        for i, k in enumerate(keys):
+            rec = hits.get(k)
+            if rec is None:
+                continue
+            cost = _cost(cfg.price, rec.get("prompt_billed", rec.get("prompt_tokens", 0)),
+                         rec.get("completion_tokens", 0))
+            self._emit(ordinal, req, t, i, k, rec, cost)
+            self.res.cached += 1
+            led["cached"] += 1
+            done += 1
+        if done and self.bar:
+            self.bar.advance(done, self.res.spend_usd, self.res.failures)
+        missing = [i for i in range(req.n) if keys[i] not in hits]
+        if not missing:
+            return
+        est = _prompt_estimate(req.messages)
+        groups = [missing] if t.native else [[i] for i in missing]
+        for g in groups:
+            if self.stop_reason is not None or t.tripped:
+                self.res.not_launched += len(g)
+                continue
+            await t.queue.put(_Unit(ordinal, req, sampling, base, g, est))
+
+    # ------------------------------------------------------------------ workers
+    def _over_budget(self, t: _Teacher, unit: _Unit) -> bool:
+        budget = self.e.budget_usd
+        if budget is None:
+            return False
+        return self.res.spend_usd + self.reserved + self._estimate(t, unit) > budget + 1e-12
+
+    def _estimate(self, t: _Teacher, unit: _Unit) -> float:
+        if self.cost_per_sample is not None:
+            return self.cost_per_sample * len(unit.indices)
+        # Nothing seen yet: assume the longest answer the sampling settings allow.
+        return _cost(t.cfg.price, unit.prompt_estimate,
+                     unit.sampling.max_tokens * len(unit.indices))
+
+    async def _worker(self, t: _Teacher) -> None:
+        while True:
+            unit = await t.queue.get()
+            if unit is None:
+                return
+            if self.stop_reason is None and not t.tripped and self._over_budget(t, unit):
+                self.stop_reason = "budget"
+                log.warning("budget of $%.4f reached; no new requests are launched",
+                            self.e.budget_usd)
+            if self.stop_reason is not None or t.tripped:
+                self.res.not_launched += len(unit.indices)
+                continue
+            reservation = self._estimate(t, unit)
+            self.reserved += reservation
+            try:
+                await self._fetch(t, unit)
+            except Exception as e:  # noqa: BLE001 - a bug in one call must not sink the run
+                msg = self.e.redact(f"{type(e).__name__}: {e}")
+                log.error("teacher %s, item %s: unexpected error: %s", t.name,
+                          unit.req.item_id, msg)
+                self._fail(t, unit, unit.indices, f"unexpected error: {msg}")
+            finally:
+                self.reserved -= reservation
+
+    async def _fetch(self, t: _Teacher, unit: _Unit) -> None:
+        cfg = t.cfg
+        req = unit.req
+        pending = list(unit.indices)
+        attempt = 0
+        while pending:
+            n = len(pending) if t.native else 1
+            tokens_est = unit.prompt_estimate + int(t.avg_completion * n)
+            await t.limiter.acquire(tokens_est)
+            if self.stop_reason == "auth" or t.tripped:
+                self._fail(t, unit, pending, self.stop_reason or "stopped")
+                return
+            base_seed = unit.sampling.seed
+            call = ChatRequest(messages=req.messages, model=cfg.model, sampling=unit.sampling,
+                               n=n, seed=None if base_seed is None else base_seed + pending[0],
+                               item_id=req.item_id, sample_indices=tuple(pending[:n]))
+            self.res.requests_sent += 1
+            self._ledger(t.name)["requests"] += 1
+            try:
+                resp = await t.backend.complete(call)
+            except BackendError as e:
+                msg = self.e.redact(e.message)
+                if e.auth:
+                    self.stop_reason = "auth"
+                    env = cfg.api_key_env or "(none configured)"
+                    self.fatal = UserError(
+                        f"teacher {t.name!r}: the endpoint rejected the credentials ({msg}); "
+                        f"check the API key in the environment variable {env}")
+                    self._fail(t, unit, pending, msg)
+                    return
+                if not e.retryable or attempt >= cfg.max_retries:
+                    tries = attempt + 1
+                    self._fail(t, unit, pending, f"{msg} (after {tries} attempt"
+                                                 f"{'s' if tries > 1 else ''})")
+                    return
+                delay = backoff_delay(attempt, cfg.backoff_base_s, cfg.backoff_max_s,
+                                      e.retry_after, self.e._rng)
+                if e.status == 429:  # everyone waits, not just this call
+                    t.limiter.pause(delay)
+                log.debug("teacher %s, item %s: %s; retry %d in %.2fs", t.name, req.item_id,
+                          msg, attempt + 1, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            t.limiter.correct_tokens(tokens_est, resp.prompt_tokens + resp.completion_tokens)
+            got = resp.completions[:len(call.sample_indices)]
+            if got:
+                self._store(t, unit, list(call.sample_indices[:len(got)]), resp, got)
+                pending = [i for i in pending if i not in call.sample_indices[:len(got)]]
+                t.consecutive_failures = 0
+            if pending and not got:
+                if attempt >= cfg.max_retries:
+                    self._fail(t, unit, pending, "response had no choices")
+                    return
+                attempt += 1
+
+    # ------------------------------------------------------------------ results
+    def _store(self, t: _Teacher, unit: _Unit, indices: list[int], resp: Any,
+               got: list[Any]) -> None:
+        cfg = t.cfg
+        k = len(got)
+        per_choice = [c.completion_tokens for c in got]
+        if all(isinstance(x, int) for x in per_choice):
+            comp = list(per_choice)
+        else:
+            comp = _split_tokens(int(resp.completion_tokens), [c.text for c in got])
+        prompt_billed = resp.prompt_tokens / k  # a prompt is billed once per call
+        records = []
+        spent = 0.0
+        led = self._ledger(t.name)
+        seed = unit.sampling.seed
+        for idx, c, ct in zip(indices, got, comp, strict=True):
+            rec = {"text": c.text, "reasoning": c.reasoning, "finish_reason": c.finish_reason,
+                   "prompt_tokens": resp.prompt_tokens, "prompt_billed": prompt_billed,
+                   "completion_tokens": ct, "latency_s": round(resp.latency_s, 4),
+                   "seed": None if seed is None else seed + indices[0], "model": cfg.model}
+            records.append((idx, sample_key(unit.base, idx), rec))
+        if self.cache is not None:  # on disk before anything else happens
+            self.cache.put_many((key, rec) for _, key, rec in records)
+        for idx, key, rec in records:
+            cost = _cost(cfg.price, prompt_billed, rec["completion_tokens"])
+            spent += cost
+            self._emit(unit.ordinal, unit.req, t, idx, key, rec, cost)
+        self.res.spend_usd += spent
+        led["spend_usd"] += spent
+        t.completions_seen += k
+        t.avg_completion += (sum(comp) / k - t.avg_completion) * min(1.0, k / max(1, t.completions_seen))
+        fetched = self.res.samples - self.res.cached
+        self.cost_per_sample = self.res.spend_usd / max(1, fetched - self.res.failures)
+        if self.bar:
+            self.bar.advance(k, self.res.spend_usd, self.res.failures, fetched=k)
+
+    def _fail(self, t: _Teacher, unit: _Unit, indices: list[int], error: str) -> None:
+        error = self.e.redact(error)
+        log.warning("teacher %s, item %s, samples %s failed: %s", t.name, unit.req.item_id,
+                    indices, error)
+        for idx in indices:
+            self._emit(unit.ordinal, unit.req, t, idx, sample_key(unit.base, idx), None, 0.0,
+                       error=error)
+        self.res.failures += len(indices)
+        self._ledger(t.name)["failures"] += len(indices)
+        t.consecutive_failures += 1
+        if t.consecutive_failures >= BREAKER_FAILURES and t.tripped is None:
+            t.tripped = error
+            self.fatal = UserError(
+                f"teacher {t.name!r}: {BREAKER_FAILURES} requests in a row failed, the last "
+                f"with: {error}; check base_url, the model name and the endpoint")
+        if self.bar:
+            self.bar.advance(len(indices), self.res.spend_usd, self.res.failures)
+
+    def _emit(self, ordinal: int, req: GenRequest, t: _Teacher, idx: int, key: str,
+              rec: Mapping[str, Any] | None, cost: float, error: str | None = None) -> None:
+        rec = rec or {}
+        g = Generation.model_construct(
+            key=key, item_id=req.item_id, source=req.source, teacher=t.name,
+            model=t.cfg.model, template=req.template, template_hash=req.template_hash,
+            sample_index=idx, seed=rec.get("seed"), text=rec.get("text"),
+            reasoning=rec.get("reasoning"), finish_reason=rec.get("finish_reason"),
+            prompt_tokens=int(rec.get("prompt_tokens", 0)),
+            completion_tokens=int(rec.get("completion_tokens", 0)),
+            latency_s=float(rec.get("latency_s", 0.0)), cost_usd=cost, forced_end=False,
+            error=error)
+        self.res.samples += 1
+        self.res.cost_usd_total += cost
+        led = self._ledger(t.name)
+        led["samples"] += 1
+        led["prompt_tokens"] += g.prompt_tokens
+        led["completion_tokens"] += g.completion_tokens
+        led["cost_usd"] += cost
+        if self.sink is None:
+            self.collected.append((ordinal, idx, g))
+        else:
+            self.buffer.append(g)
+            if len(self.buffer) >= SINK_BATCH:
+                self._flush()
+
+    def _flush(self, final: bool = False) -> None:
+        if self.sink is not None and self.buffer:
+            batch, self.buffer = self.buffer, []
+            self.sink(batch)
+
+    async def shutdown(self) -> None:
+        for w in self.workers:
+            if not w.done():
+                w.cancel()
+        for b in self._owned:
+            try:
+                await b.aclose()
+            except Exception as e:  # noqa: BLE001 - closing must not hide the real outcome
+                log.debug("closing backend: %s", self.e.redact(str(e)))
+        if self._own_cache and self.cache is not None:
+            self.cache.close()
+
+    def result(self) -> EngineResult:
+        r = self.res
+        r.stopped = self.stop_reason
+        r.complete = self.stop_reason is None and self.fatal is None
+        if self.sink is None:
+            self.collected.sort(key=lambda x: (x[0], x[1]))
+            r.generations = [g for _, _, g in self.collected]
+        for led in r.by_teacher.values():
+            led["cost_usd"] = round(led["cost_usd"], 8)
+            led["spend_usd"] = round(led["spend_usd"], 8)
+        return r

@@ -1,0 +1,94 @@
+"""The `generate` stage: every item to its routed teacher, n samples each, into generations.parquet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from medrecipe.config import GenerateConfig, TeacherConfig
+from medrecipe.errors import UserError
+from medrecipe.generate.backends import Backend
+from medrecipe.generate.engine import Engine, GenRequest
+from medrecipe.prompts import PromptTemplate, load_template
+from medrecipe.schema import GENERATION_SCHEMA, Generation, items_from_table, to_table
+from medrecipe.store import Run, StageResult
+
+if TYPE_CHECKING:
+    from medrecipe.images import ImageStore
+
+__all__ = ["build_requests", "generate_stage", "route"]
+
+
+def route(task: str, routes: Mapping[str, str], teachers: Mapping[str, TeacherConfig]) -> str:
+    """Teacher name for a task: routes[task], else routes["*"], else the only teacher."""
+    name = routes.get(task) or routes.get("*")
+    if name is None:
+        if len(teachers) == 1:
+            return next(iter(teachers))
+        if not teachers:
+            raise UserError("the recipe defines no teachers; add one under `teachers:`")
+        raise UserError(f"no teacher is routed for task {task!r}; add generate.routes.{task} "
+                        "or a default generate.routes.'*'")
+    if name not in teachers:
+        raise UserError(f"generate.routes sends task {task!r} to unknown teacher {name!r}")
+    return name
+
+
+def build_requests(items: pa.Table, teachers: Mapping[str, TeacherConfig],
+                   config: GenerateConfig, templates: Mapping[str, PromptTemplate] | None = None,
+                   batch_size: int = 4096) -> Iterator[GenRequest]:
+    """GenRequests for every item (lazily, batch by batch), routed and rendered."""
+    templates = dict(templates or {})
+    for batch in items.to_batches(max_chunksize=batch_size):
+        for item in items_from_table(pa.Table.from_batches([batch])):
+            name = route(item.task, config.routes, teachers)
+            tpl = templates.get(name)
+            if tpl is None:
+                tpl = templates[name] = load_template(teachers[name].template)
+            yield GenRequest(item_id=item.id, teacher=name, messages=tpl.render(item),
+                             n=config.n, source=item.source, template=tpl.name,
+                             template_hash=tpl.hash)
+
+
+def generate_stage(items: pa.Table, teachers: Mapping[str, TeacherConfig], config: GenerateConfig,
+                   run: Run, images: ImageStore | None, *, progress: bool | None = None,
+                   backends: Mapping[str, Backend] | None = None,
+                   output: str = "generations") -> StageResult:
+    """Sample `config.n` responses per item from its routed teacher; write `output` Parquet."""
+    tasks = set(items.column("task").to_pylist()) if items.num_rows else set()
+    used = {route(t, config.routes, teachers) for t in sorted(tasks)}
+    # Load every template first: a bad template fails before any request is sent.
+    templates = {name: load_template(teachers[name].template) for name in sorted(used)}
+    template_info = {name: {"template": t.name, "hash": t.hash, "origin": t.origin}
+                     for name, t in templates.items()}
+    known = dict(run.manifest.get("prompt_templates", {}))
+    known.update({f"generate.{name}": info["hash"] for name, info in template_info.items()})
+    run.set_meta(prompt_templates=known)
+
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run.root / "cache"
+    engine = Engine({k: teachers[k] for k in used}, cache_dir, images=images,
+                    budget_usd=config.budget_usd, progress=progress, backends=backends,
+                    description="generate")
+    with run.writer(output, GENERATION_SCHEMA) as sink:
+        def write(batch: list[Generation]) -> None:
+            sink.write(to_table(batch, GENERATION_SCHEMA))
+
+        result = engine.run(build_requests(items, teachers, config, templates), sink=write,
+                            total=items.num_rows * config.n)
+        rows = sink.rows
+    extra = {
+        "spend_usd": round(result.spend_usd, 8),
+        "cost_usd_total": round(result.cost_usd_total, 8),
+        "failures": result.failures,
+        "cached": result.cached,
+        "requests_sent": result.requests_sent,
+        "not_launched": result.not_launched,
+        "stopped": result.stopped,
+        "by_teacher": result.by_teacher,
+        "template_hashes": template_info,
+    }
+    return StageResult(rows={output: rows}, complete=result.complete and result.failures == 0,
+                       extra=extra)
