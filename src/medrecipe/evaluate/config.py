@@ -62,11 +62,13 @@ class BenchmarkSpec(_Model):
         """Registry defaults filled in: what the runner actually reads."""
         reg = BENCHMARKS.get(self.name)
         category = self.category or (reg.category if reg else "text")
-        opts = dict(reg.options) if reg else {}
+        adapter = self.adapter or (reg.adapter if reg else "generic")
+        # Registry adapter options (a preset, a subject filter) only apply to that adapter.
+        opts = dict(reg.options) if reg and reg.adapter == adapter else {}
         opts.update(self.options)
         spec = SourceSpec(
             name=self.name,
-            adapter=self.adapter or (reg.adapter if reg else "generic"),
+            adapter=adapter,
             path=self.path,
             format=self.format,
             hf_config=self.hf_config if self.hf_config is not None else (reg.hf_config if reg else None),
