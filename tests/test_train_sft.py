@@ -215,3 +215,18 @@ def test_lora_adapter_targets_language_projections_and_reloads(tiny_vlm, export,
         a = base(**ids).logits
         b = tuned(**ids).logits
     assert not torch.allclose(a, b)
+
+
+def test_lora_with_an_unfrozen_projector_saves_it_in_the_adapter(tiny_vlm, export, tmp_path):
+    cfg = _cfg(
+        tiny_vlm,
+        export,
+        tmp_path / "lp",
+        finetuning="lora",
+        lora={"r": 4, "alpha": 8},
+        freeze_projector=False,
+        max_steps=1,
+    )
+    weights = load_file(str(run_sft(cfg) / "adapter_model.safetensors"))
+    visual = [k for k in weights if "visual" in k]
+    assert visual and all("visual.merger" in k for k in visual)
