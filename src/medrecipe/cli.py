@@ -82,18 +82,97 @@ def inspect(run_dir: RunArg,
 
 
 @app.command()
+def run(recipe: RecipeArg, override: Overrides = None,
+        force: Annotated[list[str] | None, typer.Option(
+            help="Re-run these stages even if up to date (ingest, prepare, annotate, generate, "
+                 "grade, select, export; or all). Teacher requests still come from the cache.")] = None,
+        progress: Annotated[bool | None, typer.Option(
+            "--progress/--no-progress", help="Progress bars (default: on a terminal).")] = None) -> None:
+    """Run a recipe end to end: ingest, prepare, generate, grade, select, export, report."""
+    from medrecipe import pipeline
+
+    r, raw = _load(recipe, override)
+    ctx = pipeline.open_context(r, raw, progress=progress, force=set(force or []))
+    _finish(pipeline.run_recipe(ctx))
+
+
+@app.command()
 def demo(
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo).")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
 ) -> None:
-    """Run the packaged demo recipe offline on the bundled demo data."""
+    """Run the packaged demo recipe offline (replayed teacher answers over bundled demo data)."""
     from medrecipe import pipeline
 
     overrides = [f"run_dir={out}"] if out else []
     r, raw = _load(packaged_recipe("demo"), overrides)
-    ctx = pipeline.open_context(r, raw)
-    pipeline.ingest(ctx)
+    ctx = pipeline.open_context(r, raw, progress=progress)
+    outcome = pipeline.run_recipe(ctx)
     print_ingest_table(ctx.run)
-    console.print(f"run directory: {ctx.run.root}")
+    _finish(outcome)
+
+
+def _finish(outcome) -> None:
+    if outcome.exports:
+        console.print("[bold]exports[/bold]")
+        for key in ("llamafactory", "dataset_info", "trl", "jsonl_train"):
+            if key in outcome.exports:
+                console.print(f"  {key}: {outcome.exports[key]}")
+    console.print(f"run directory: {outcome.run_dir}")
+    if not outcome.complete:
+        console.print("[yellow]some stages stopped early (budget); re-run to continue[/yellow]")
+    if outcome.report:
+        console.print(f"report: {outcome.report}")
+
+
+@app.command()
+def report(run_dir: RunArg,
+           out: Annotated[Path | None, typer.Option(help="Output folder (default <run>/report).")] = None
+           ) -> None:
+    """Write PNG plots and a self-contained HTML report for a run."""
+    from medrecipe.config import ReportConfig, recipe_from_data
+    from medrecipe.inspect import open_run
+    from medrecipe.report import write_report
+
+    run_ = open_run(run_dir)
+    cfg = ReportConfig()
+    recipe_file = run_.root / "recipe.yaml"
+    if recipe_file.exists():
+        import yaml
+
+        cfg = recipe_from_data(yaml.safe_load(recipe_file.read_text()), str(recipe_file)).report
+    console.print(f"report: {write_report(run_, out_dir=out, config=cfg)}")
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Train a student VLM on an export (TRL SFT / "
+                        "GRPO) or write a LLaMA-Factory config.")
+app.add_typer(train_app, name="train")
+ConfigArg = Annotated[Path, typer.Argument(help="Training config YAML.")]
+
+
+@train_app.command("sft")
+def train_sft(config: ConfigArg, override: Overrides = None) -> None:
+    """Supervised fine-tuning (TRL) on the TRL export: full or LoRA; presets octomed, openmedreason_lora."""
+    from medrecipe.train import load_sft_config, run_sft
+
+    console.print(f"final checkpoint: {run_sft(load_sft_config(config, override or []))}")
+
+
+@train_app.command("grpo")
+def train_grpo(config: ConfigArg, override: Overrides = None) -> None:
+    """GRPO from an SFT checkpoint or adapter with format + exact-match correctness rewards."""
+    from medrecipe.train import load_grpo_config, run_grpo
+
+    console.print(f"final checkpoint: {run_grpo(load_grpo_config(config, override or []))}")
+
+
+@train_app.command("llamafactory")
+def train_llamafactory(config: ConfigArg, override: Overrides = None) -> None:
+    """Write a LLaMA-Factory training YAML and the dataset_info.json entry for the export."""
+    from medrecipe.train import load_llamafactory_config, write_llamafactory
+
+    yaml_path, info_path = write_llamafactory(load_llamafactory_config(config, override or []))
+    console.print(f"wrote {yaml_path} and {info_path}\nrun: llamafactory-cli train {yaml_path}")
 
 
 def print_ingest_table(run) -> None:

@@ -138,3 +138,248 @@ def read_source_items(run: Run, names: list[str]) -> pa.Table:
 
 def items_fingerprint(fps: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(sorted(fps.items())).encode()).hexdigest()[:16]
+
+
+def output_fingerprint(rec) -> str:
+    """What downstream stages see: a partial run (budget stop) differs from every other run."""
+    return rec.fingerprint if rec.complete else f"{rec.fingerprint}-partial-{rec.finished_at}"
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
+    """Decontaminate, dedup images, resize and balance the training items -> items.parquet."""
+    from medrecipe.prepare.stage import prepare as prepare_items
+
+    r = ctx.recipe
+    train = [s.name for s in r.sources_by_role("train")]
+    bench = [s.name for s in r.sources_by_role("benchmark")]
+    inputs = {f"ingest.{n}": ingest_fps[n] for n in train + bench}
+
+    def body() -> StageResult:
+        result = prepare_items(read_source_items(ctx.run, train), read_source_items(ctx.run, bench),
+                               r.prepare, ctx.images)
+        ctx.run.write_table("items", result.items)
+        if getattr(result, "flags", None) is not None:
+            ctx.run.write_table("prepare_flags", result.flags)
+        ctx.run.write_quarantine("prepare", result.quarantine)
+        return StageResult(rows={"items": result.items.num_rows,
+                                 "removed": len(result.quarantine)},
+                           extra={"removed": result.counts})
+
+    ran, rec = run_stage(ctx.run, "prepare", config_hash(r.prepare), inputs, ["items"], body,
+                         force=ctx.forced("prepare"))
+    ctx.log(f"prepare: {'done' if ran else 'up to date'}, {rec.rows.get('items', 0)} items kept"
+            + (f", {rec.rows.get('removed', 0)} removed" if rec.rows.get("removed") else "")
+            + f" ({rec.seconds:.1f}s)")
+    return rec.fingerprint
+
+
+# --------------------------------------------------------------------------- annotate (optional)
+
+
+def annotate(ctx: Context, upstream: str) -> str:
+    """Fill missing modality/anatomy with a labeller model -> items.parquet rewritten in place."""
+    from medrecipe.judge import annotate_items
+
+    r = ctx.recipe
+    if not r.annotate.enabled or not r.annotate.labeller:
+        return upstream
+    labeller = r.teachers[r.annotate.labeller]
+    cfg = config_hash({"annotate": r.annotate, "labeller": labeller})
+
+    def body() -> StageResult:
+        table, res = annotate_items(ctx.run.read_table("items"), r.annotate.labeller, r.teachers,
+                                    r.annotate.template, cache_dir(ctx), ctx.images,
+                                    progress=ctx.progress, backends=ctx.backends)
+        ctx.run.write_table("items", table)
+        return StageResult(rows={"labelled": len(res.values), "unparsed": res.unparsed,
+                                 "failed": res.failed}, complete=res.complete,
+                           extra={"spend_usd": res.spend_usd})
+
+    ran, rec = run_stage(ctx.run, "annotate", cfg, {"items": upstream}, ["items"], body,
+                         force=ctx.forced("annotate"))
+    ctx.log(f"annotate: {'done' if ran else 'up to date'}, {rec.rows}")
+    return output_fingerprint(rec)
+
+
+# --------------------------------------------------------------------------- generate / grade
+
+
+def cache_dir(ctx: Context) -> Path:
+    return Path(ctx.recipe.generate.cache_dir) if ctx.recipe.generate.cache_dir \
+        else ctx.run.root / "cache"
+
+
+def _teachers_hash(ctx: Context) -> str:
+    from medrecipe.prompts import load_template
+
+    r = ctx.recipe
+    used = sorted(set(r.generate.routes.values()) or set(r.teachers))
+    tpl = {n: load_template(r.teachers[n].template).hash for n in used if n in r.teachers}
+    ctx.run.manifest.setdefault("templates", {}).update(tpl)
+    # The price table and limits do not change answers; leave them out of the fingerprint.
+    teach = {n: r.teachers[n].model_dump(
+        mode="json", exclude={"price", "max_in_flight", "requests_per_minute",
+                              "tokens_per_minute", "max_retries", "timeout_s"})
+        for n in used if n in r.teachers}
+    return config_hash({"teachers": teach, "templates": tpl,
+                        "generate": r.generate.model_dump(mode="json", exclude={"budget_usd"})})
+
+
+def generate(ctx: Context, upstream: str) -> str:
+    """Teacher generations for every item (cached, resumable) -> generations.parquet."""
+    from medrecipe.generate import generate_stage
+
+    r = ctx.recipe
+
+    def body() -> StageResult:
+        return generate_stage(ctx.run.read_table("items"), r.teachers, r.generate, ctx.run,
+                              ctx.images, progress=ctx.progress, backends=ctx.backends)
+
+    ran, rec = run_stage(ctx.run, "generate", _teachers_hash(ctx), {"items": upstream},
+                         ["generations"], body, force=ctx.forced("generate"))
+    x = rec.extra
+    status = "done" if rec.complete else "[yellow]stopped early (budget); re-run to continue[/yellow]"
+    ctx.log(f"generate: {status if ran else 'up to date'}, {rec.rows.get('generations', 0)} "
+            f"generations" + (f", {x.get('cached', 0)} from cache, {x.get('failures', 0)} failed, "
+                              f"${x.get('spend_usd', 0):.4f} spent" if ran else "")
+            + f" ({rec.seconds:.1f}s)")
+    return output_fingerprint(rec)
+
+
+def grade(ctx: Context, upstream: str) -> str:
+    """A verdict per generation -> verdicts.parquet."""
+    from medrecipe.answers import grade_generations
+
+    r = ctx.recipe
+    judge = None
+    if r.grade.judge:
+        from medrecipe.judge import make_open_judge
+
+        judge = make_open_judge(r.grade.judge, r.teachers, r.grade.judge_template, cache_dir(ctx),
+                                ctx.images, progress=ctx.progress, backends=ctx.backends)
+    cfg = config_hash({"grade": r.grade,
+                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None})
+
+    def body() -> StageResult:
+        v = grade_generations(ctx.run.read_table("generations"), ctx.run.read_table("items"),
+                              r.grade, judge=judge)
+        ctx.run.write_table("verdicts", v)
+        correct = v.column("correct").to_pylist()
+        methods: dict[str, int] = {}
+        for m in v.column("method").to_pylist():
+            methods[m] = methods.get(m, 0) + 1
+        return StageResult(rows={"verdicts": v.num_rows,
+                                 "correct": sum(1 for c in correct if c is True),
+                                 "ungradable": sum(1 for c in correct if c is None)},
+                           extra={"methods": methods})
+
+    ran, rec = run_stage(ctx.run, "grade", cfg, {"generations": upstream}, ["verdicts"], body,
+                         force=ctx.forced("grade"))
+    ctx.log(f"grade: {'done' if ran else 'up to date'}, {rec.rows.get('verdicts', 0)} verdicts, "
+            f"{rec.rows.get('correct', 0)} correct, {rec.rows.get('ungradable', 0)} without a "
+            f"gradable answer ({rec.seconds:.1f}s)")
+    return rec.fingerprint
+
+
+# --------------------------------------------------------------------------- select / export / report
+
+
+def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
+    """Rejection sampling, filters, cap, mix, split -> selected_{train,val}.parquet."""
+    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL
+    from medrecipe.select import select as select_traces
+
+    r = ctx.recipe
+    cfg: dict[str, Any] = {"select": r.select}
+    if r.select.difficulty:
+        cfg["judge"] = r.teachers[r.select.difficulty.judge]
+
+    def body() -> StageResult:
+        items = ctx.run.read_table("items")
+        ratings = None
+        extra: dict[str, Any] = {}
+        complete = True
+        if r.select.difficulty:
+            from medrecipe.judge import rate_difficulty
+
+            d = r.select.difficulty
+            res = rate_difficulty(items, d.judge, r.teachers, d.template, cache_dir(ctx),
+                                  ctx.images, progress=ctx.progress, backends=ctx.backends)
+            ratings = {k: int(v) for k, v in res.values.items()}
+            extra["difficulty"] = {"rated": len(ratings), "unparsed": res.unparsed,
+                                   "failed": res.failed, "spend_usd": res.spend_usd}
+            complete = res.complete
+        result = select_traces(items, ctx.run.read_table("generations"),
+                               ctx.run.read_table("verdicts"), r.select, difficulty=ratings)
+        result.write(ctx.run)
+        extra["stats"] = result.stats
+        return StageResult(rows={"train": result.train.num_rows, "val": result.val.num_rows},
+                           complete=complete, extra=extra)
+
+    ran, rec = run_stage(ctx.run, "select", config_hash(cfg), {"items": items_fp, "grade": grade_fp},
+                         [SELECTED_TRAIN, SELECTED_VAL], body, force=ctx.forced("select"))
+    ctx.log(f"select: {'done' if ran else 'up to date'}, {rec.rows.get('train', 0)} train / "
+            f"{rec.rows.get('val', 0)} validation traces ({rec.seconds:.1f}s)")
+    return output_fingerprint(rec)
+
+
+def export(ctx: Context, upstream: str) -> tuple[str, dict[str, str]]:
+    """Trainer-ready exports -> <run>/export/."""
+    from medrecipe.export import export as export_selected
+    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL
+
+    r = ctx.recipe
+    out = ctx.run.root / "export"
+
+    def body() -> StageResult:
+        paths = export_selected({"train": ctx.run.read_table(SELECTED_TRAIN),
+                                 "val": ctx.run.read_table(SELECTED_VAL)}, out, ctx.images, r.export)
+        return StageResult(rows={"train": ctx.run.num_rows(SELECTED_TRAIN),
+                                 "val": ctx.run.num_rows(SELECTED_VAL)},
+                           extra={"paths": {k: str(v) for k, v in paths.items()}})
+
+    ran, rec = run_stage(ctx.run, "export", config_hash(r.export), {"select": upstream}, [], body,
+                         force=ctx.forced("export") or not out.exists())
+    ctx.log(f"export: {'done' if ran else 'up to date'} -> {out}")
+    return rec.fingerprint, rec.extra.get("paths", {})
+
+
+def report(ctx: Context) -> Path | None:
+    """PNG plots and one HTML page -> <run>/report/report.html (always rewritten: it is cheap)."""
+    from medrecipe.report import write_report
+
+    if not ctx.recipe.report.enabled:
+        return None
+    path = write_report(ctx.run, config=ctx.recipe.report)
+    ctx.log(f"report: {path}")
+    return path
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    complete: bool
+    exports: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def run_recipe(ctx: Context) -> RunOutcome:
+    """Every stage in order; each is skipped when up to date and resumed otherwise."""
+    ctx.run.set_meta(image_store=str(ctx.images.root))
+    fps = ingest(ctx)
+    items_fp = prepare(ctx, fps)
+    items_fp = annotate(ctx, items_fp)
+    gen_fp = generate(ctx, items_fp)
+    gen_rec = ctx.run.stage("generate")
+    if gen_rec is not None and not gen_rec.complete:
+        ctx.log("[yellow]generation stopped early (budget cap); later stages use what was "
+                "generated so far. Re-run to continue from the cache.[/yellow]")
+    grade_fp = grade(ctx, gen_fp)
+    sel_fp = select(ctx, items_fp, grade_fp)
+    _, paths = export(ctx, sel_fp)
+    rep = report(ctx)
+    complete = all(rec.get("complete", True) for rec in ctx.run.manifest.get("stages", {}).values())
+    return RunOutcome(ctx.run.root, complete, paths, rep)
