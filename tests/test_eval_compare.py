@@ -125,3 +125,34 @@ def test_compare_marks_partial_category_average_and_rejects_non_runs(two_runs, t
     assert "not comparable" in md
     with pytest.raises(UserError, match="not an evaluation run"):
         compare([tmp_path], tmp_path / "x")
+
+
+def test_eval_command_runs_a_recipe_file_then_compares(two_runs, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from medrecipe.evaluate.commands import eval_command
+
+    _, a, _ = two_runs
+    buf = io.StringIO()
+    con = Console(file=buf, width=200, highlight=False)
+    with ChatServer(responder=always_b) as srv:
+        recipe = tmp_path / "eval.yaml"
+        recipe.write_text(json.dumps({
+            "name": "cli", "label": "CLI-model", "seeds": [0, 1, 2],
+            "model": {"backend": "openai_compat", "model": "c", "base_url": srv.base_url},
+            "benchmarks": [{"name": "medqa", "path": str(FIX / "medqa_test.jsonl")}]}))
+        res = eval_command([str(recipe)], ["bootstrap.resamples=100", "seeds=[0]"],
+                           out=tmp_path / "cli_run", console=con)
+        assert srv.count == 4  # the override left one seed
+    assert res.results["benchmarks"]["medqa"]["accuracy"] == pytest.approx(0.25)
+    assert "MedQA" in buf.getvalue() and "25.0" in buf.getvalue()
+    cmp = eval_command(["compare", str(a.run_dir), str(tmp_path / "cli_run")],
+                       out=tmp_path / "cmp", console=con)
+    assert cmp.accuracy_plot.exists() and cmp.length_plot.exists()
+    assert "| CLI-model | 25.0 |" in cmp.markdown.read_text()
+    with pytest.raises(UserError, match="needs one or more"):
+        eval_command(["compare"], console=con)
+    with pytest.raises(UserError, match="takes one recipe"):
+        eval_command(["a.yaml", "b.yaml"], console=con)

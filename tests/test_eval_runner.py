@@ -208,3 +208,21 @@ def load_eval_config_path(path):
     from medrecipe.evaluate import load_eval_config
 
     return load_eval_config(path)
+
+
+def test_empty_benchmark_reports_no_numbers_and_is_left_out_of_the_average(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+
+    def responder(body, i):
+        return f"\\boxed{{{_gold(body)}}}"
+
+    with ChatServer(responder=responder) as srv:
+        cfg = _config(srv.base_url, seeds=[0], benchmarks=[
+            {"name": "medqa", "path": str(FIX / "medqa_test.jsonl")},
+            {"name": "headqa", "adapter": "medqa", "path": str(empty)}])
+        res = run_eval(cfg, tmp_path / "run")
+    h = res.results["benchmarks"]["headqa"]
+    assert h["n_items"] == 0 and h["accuracy"] is None and h["ci_low"] is None
+    assert res.results["categories"] == {"text": 1.0}
+    assert res.results["complete"] is True

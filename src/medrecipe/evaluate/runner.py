@@ -164,14 +164,21 @@ class TokenCounter:
                 self.tokenizer = None
 
     def count(self, thinking: str, answer: str, completion_tokens: int) -> tuple[int, int]:
+        """(thinking, answer) tokens summing to the endpoint's completion count.
+
+        The split point comes from re-tokenising both parts when a tokenizer is available
+        (else from their character lengths); the total is always the usage the endpoint
+        reported, so lengths add up across benchmarks and models.
+        """
         if self.tokenizer is not None:
             enc = self.tokenizer
-            return (len(enc.encode(thinking, add_special_tokens=False)) if thinking else 0,
-                    len(enc.encode(answer, add_special_tokens=False)) if answer else 0)
-        total_chars = len(thinking) + len(answer)
-        if total_chars == 0:
-            return 0, 0
-        think = round(completion_tokens * len(thinking) / total_chars)
+            t = len(enc.encode(thinking, add_special_tokens=False)) if thinking else 0
+            a = len(enc.encode(answer, add_special_tokens=False)) if answer else 0
+        else:
+            t, a = len(thinking), len(answer)
+        if t + a == 0:
+            return 0, completion_tokens
+        think = round(completion_tokens * t / (t + a))
         return think, completion_tokens - think
 
 
