@@ -93,7 +93,8 @@ def pmc_vqa(spec: SourceSpec) -> RawStream:
                 yield idx, reject_answer(label, len(options), rec, "Answer_label")
                 continue
         else:
-            letter = answer_to_letter(rec.get("Answer"), options, "text")
+            answer_text = re.sub(r"^\s*[A-Z]\s*:\s*", "", as_text(rec.get("Answer")))
+            letter = answer_to_letter(answer_text, options, "text")
             if letter is None:
                 yield idx, reject_answer(rec.get("Answer"), len(options), rec, "Answer")
                 continue
