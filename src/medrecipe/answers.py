@@ -1,0 +1,675 @@
+"""Answer extraction and grading.
+
+The extractor never guesses. It reads only the part of a response after the last closed
+thinking block and applies these rules in order, stopping at the first that finds a final
+answer:
+
+1. ``boxed``: the last ``\\boxed{...}`` with balanced braces (LaTeX and markdown wrappers
+   inside it are removed: ``\\boxed{\\text{(B)}}``, ``\\boxed{B: Stroma}``).
+2. ``answer_tag``: the last ``<answer>...</answer>``.
+3. ``answer_phrase``: the last answer phrase that is followed by an answer ("the answer is
+   (B)", "Answer: B", "Final answer: B", "**Answer:** B", "the correct option is B",
+   "(B) is the correct answer"). Phrases followed by prose ("the answer is not clear",
+   "I hope the answer: helps") are not answer phrases and are passed over.
+4. ``option_text`` (multiple choice only): exactly one option's full text occurs in the
+   answer part (occurrences inside a longer option's text do not count). Two or more
+   options present is ambiguous and yields no answer.
+
+A *final answer that is present but invalid* stops the search: when the last box or answer
+tag holds something that is not one of the item's options (letter F with four options, two
+letters, empty braces, free text that is no option), or the last answer phrase names a
+letter outside the options, the result is ``answer=None, method="none"`` and
+``Extraction.invalid`` holds the offending text. Lower-priority rules are not consulted,
+because they would read the reasoning that the model's own final answer overrides.
+
+A thinking block that was opened and never closed (``<think>`` without a later
+``</think>``) means the response did not finish: ``terminated=False`` and no answer, even
+if the reasoning mentions one. A response that only closes a block (the ``<think>`` was in
+the prompt) is read after its last ``</think>``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medrecipe.schema import LETTERS, VERDICT_SCHEMA, Item, items_from_table
+
+if TYPE_CHECKING:
+    from medrecipe.config import GradeConfig
+
+METHODS: tuple[str, ...] = ("boxed", "answer_tag", "answer_phrase", "option_text", "judge", "none")
+
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+_TAG_OPEN = "<answer>"
+_TAG_CLOSE = "</answer>"
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    """The final answer found in one response and the rule that found it."""
+
+    answer: str | None  # option letter (multiple choice), normalised text (open), or None
+    method: str  # one of METHODS; "none" when no rule found a valid answer
+    span: tuple[int, int] | None = None  # [start, end) of the matched answer in the text
+    terminated: bool = True  # False when a <think> block was opened and never closed
+    invalid: str | None = None  # a final answer that was present but not a valid one
+
+
+_NONE = Extraction(None, "none", None, True)
+_UNTERMINATED = Extraction(None, "none", None, False)
+
+
+# --------------------------------------------------------------------------- normalisation
+
+_PUNCT_RE = re.compile(r"(?<!\d)[^\w\s]|[^\w\s](?!\d)|_")
+_ARTICLE_RE = re.compile(r"\b(?:a|an|the)\b")
+_SPACE_RE = re.compile(r"\s+")
+_YES_NO_RE = re.compile(r"^[\W_]*(yes|yeah|yep|no|nope)\b(.*)$", re.S)
+_NO_REPLY_TAIL = re.compile(r"^\s*(?:$|[,.;:!\-–—)])")
+_YES_NO = frozenset({"yes", "no"})
+
+
+def normalize_open(text: str | None) -> str:
+    """Normalised form of a free-form answer (case, punctuation, articles, yes/no replies)."""
+    if not text:
+        return ""
+    t = text.strip().casefold()
+    m = _YES_NO_RE.match(t)
+    if m:
+        word, rest = m.group(1), m.group(2)
+        if word in ("yes", "yeah", "yep"):
+            return "yes"
+        # "No." / "No, it is not" are replies; "no evidence of ..." is a noun phrase.
+        if word == "nope" or _NO_REPLY_TAIL.match(rest):
+            return "no"
+    t = _PUNCT_RE.sub(" ", t)
+    t = _ARTICLE_RE.sub(" ", t)
+    return _SPACE_RE.sub(" ", t).strip()
+
+
+def _yes_no_reading(normalised: str) -> str | None:
+    """'yes'/'no' when a normalised answer reads as one ("no fracture" reads as no)."""
+    if normalised in _YES_NO:
+        return normalised
+    if normalised.startswith("no ") or normalised.startswith("not "):
+        return "no"
+    return None
+
+
+_LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+\*?")
+_LATEX_SPACE_RE = re.compile(r"\\[,;:! ]")
+_LATEX_ESC_RE = re.compile(r"\\([{}%&$#_])")
+_MARKUP_RE = re.compile(r"[{}$*`]|\\\(|\\\)|\\\[|\\\]")
+_CONTENT_PREFIX_RE = re.compile(
+    r"^(?:(?:the|my)\s+)?(?:(?:final|correct|best)\s+)?(?:answer|option|choice)"
+    r"(?:\s+(?:is|choice|option|letter))*\s*[:\-–—=]?\s*",
+    re.I,
+)
+
+
+def _clean_content(raw: str) -> str:
+    """Box / tag content with LaTeX commands, braces and markdown removed."""
+    if "\\" in raw:
+        raw = _LATEX_SPACE_RE.sub(" ", raw)
+        raw = _LATEX_ESC_RE.sub(r"\1", raw)
+        raw = _LATEX_CMD_RE.sub(" ", raw)
+    raw = _MARKUP_RE.sub(" ", raw)
+    return _SPACE_RE.sub(" ", raw).strip()
+
+
+def _strip_prefix(cleaned: str) -> str:
+    """Content without a leading "Answer:" / "Option" / "The answer is"."""
+    return _CONTENT_PREFIX_RE.sub("", cleaned, count=1).strip()
+
+
+# --------------------------------------------------------------------------- options
+
+
+# Option texts too common to be found reliably in prose; with one of these among the
+# options the option-text rule is not applied to the item at all.
+_UNSEARCHABLE = frozenset(
+    {"yes", "no", "true", "false", "none", "all", "both", "neither", "either", "other"}
+)
+
+
+class _Options:
+    """An item's options, prepared once for fast matching."""
+
+    __slots__ = ("n", "letters", "lowered", "normed", "by_norm", "searchable", "by_length", "nested")
+
+    def __init__(self, options: Sequence[str]) -> None:
+        self.n = len(options)
+        self.letters = frozenset(LETTERS[: self.n])
+        self.lowered = [" ".join(o.split()).lower() for o in options]
+        self.normed = [normalize_open(o) for o in options]
+        by_norm: dict[str, str | None] = {}
+        for i, key in enumerate(self.normed):
+            # Two options with the same text cannot be told apart by their text.
+            by_norm[key] = None if key in by_norm else LETTERS[i]
+        self.by_norm = by_norm
+        self.searchable = all(len(k) >= 3 and k not in _UNSEARCHABLE for k in self.normed)
+        # Whether one option's text occurs inside another's ("pneumonia", "viral pneumonia").
+        self.nested = any(
+            a in b for i, a in enumerate(self.lowered) for j, b in enumerate(self.lowered) if i != j
+        )
+        # Longest first, so "viral pneumonia" is tried before "pneumonia".
+        self.by_length = sorted(range(self.n), key=lambda i: -len(self.lowered[i]))
+
+
+@lru_cache(maxsize=8192)
+def _prepare(options: tuple[str, ...]) -> _Options | None:
+    return _Options(options) if options else None
+
+
+# --------------------------------------------------------------------------- letter tokens
+
+_ASCII = frozenset(string.ascii_letters)
+_WORDISH = frozenset(string.ascii_letters + string.digits + "'’_")
+_UPPER_END = frozenset(".:)],;!?*\"\n\r")
+# Words that may follow a bare "A" or "I" when the letter is an answer ("A because ...");
+# any other lowercase word means the letter is the English article or pronoun.
+_CONNECTORS = frozenset(
+    {"because", "since", "as", "is", "was", "which", "being", "would", "should", "seems",
+     "appears", "fits", "matches", "remains", "best", "correct", "given", "due"}
+)
+_NEXT_WORD_RE = re.compile(r"[ \t]+([a-z]+)")
+_NEXT_DIGIT_RE = re.compile(r"[ \t]+\d")
+# A second letter after the first ("B and C", "B, C", "(B)/(C)") makes the answer invalid.
+_MULTI_RE = re.compile(
+    r"[ \t]*(?:,|;|/|&|\+|\band\b|\bor\b)[ \t]*(?:\([A-Za-z]\)|[A-Z](?![A-Za-z0-9'’\-])(?![ \t]+[a-z]))"
+)
+
+
+def _letter_token(text: str, p: int, end: int) -> tuple[str, int, int] | None:
+    """An option letter written at text[p] as (LETTER, start, stop), or None if it is a word."""
+    if p >= end:
+        return None
+    c = text[p]
+    if c in "([" and p + 2 < end and text[p + 1] in _ASCII and text[p + 2] == (
+        ")" if c == "(" else "]"
+    ):
+        return text[p + 1].upper(), p, p + 3
+    if c not in _ASCII:
+        return None
+    nxt = text[p + 1] if p + 1 < end else ""
+    if nxt and nxt in _WORDISH:
+        return None  # part of a word: "Bcells", "A's"
+    if nxt == "-" and p + 2 < end and text[p + 2].isalnum():
+        return None  # "X-linked"
+    if c.isupper():
+        if not nxt or nxt in _UPPER_END:
+            return c, p, p + 1
+        if nxt in " \t":
+            if _NEXT_DIGIT_RE.match(text, p + 1, end):
+                return None  # "A 45-year-old man"
+            if c in "AI":
+                w = _NEXT_WORD_RE.match(text, p + 1, end)
+                if w and w.group(1) not in _CONNECTORS:
+                    return None  # "A man", "I think"
+            return c, p, p + 1
+        return c, p, p + 1
+    # Lowercase letters only in clearly delimited forms: "b)", "b.", "b:", "**b**", end.
+    if not nxt or nxt in "\n\r)":
+        return c.upper(), p, p + 1
+    if nxt in ".:" and (p + 2 >= end or text[p + 2] in " \t\n\r"):
+        return c.upper(), p, p + 1
+    if nxt == "*" and p > 0 and text[p - 1] == "*":
+        return c.upper(), p, p + 1
+    return None
+
+
+def _multiple_letters(text: str, stop: int, end: int) -> bool:
+    return _MULTI_RE.match(text, stop, end) is not None
+
+
+# --------------------------------------------------------------------------- rules
+
+def _find_boxed(text: str, start: int) -> tuple[int, int] | None:
+    """Content span of the last balanced \\boxed{...} at or after start."""
+    pos = len(text)
+    while True:
+        b = text.rfind("\\boxed", start, pos)
+        if b < 0:
+            return None
+        pos = b
+        i = b + 6
+        n = len(text)
+        while i < n and text[i] in " \t":
+            i += 1
+        if i >= n or text[i] != "{":
+            continue
+        depth = 0
+        j = i
+        while j < n:
+            ch = text[j]
+            if ch == "\\":
+                j += 2
+                continue
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return i + 1, j
+            j += 1
+        # Unbalanced (e.g. cut off): not a boxed answer; look at an earlier one.
+
+
+def _find_tag(text: str, start: int) -> tuple[int, int] | None:
+    close = text.rfind(_TAG_CLOSE, start)
+    if close < 0:
+        return None
+    open_ = text.rfind(_TAG_OPEN, start, close)
+    if open_ < 0:
+        return None
+    return open_ + len(_TAG_OPEN), close
+
+
+def _trim(text: str, s: int, e: int) -> tuple[int, int]:
+    while s < e and text[s].isspace():
+        s += 1
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    return s, e
+
+
+def _judge_content(text: str, s: int, e: int, method: str, opts: _Options | None) -> Extraction:
+    """Extraction from a delimited final answer (box or tag); invalid content stops the search."""
+    s, e = _trim(text, s, e)
+    raw = text[s:e]
+    cleaned = _clean_content(raw)
+    if opts is None:
+        norm = normalize_open(_strip_prefix(cleaned))
+        if norm:
+            return Extraction(norm, method, (s, e), True)
+        return Extraction(None, "none", None, True, raw)
+    for content in (cleaned, _strip_prefix(cleaned)):
+        if not content:
+            continue
+        by_text = opts.by_norm.get(normalize_open(content))
+        if by_text:
+            return Extraction(by_text, method, (s, e), True)
+        tok = _letter_token(content, 0, len(content))
+        if tok is not None:
+            letter, _, stop = tok
+            if letter in opts.letters and not _multiple_letters(content, stop, len(content)):
+                return Extraction(letter, method, (s, e), True)
+            break
+        # "A stroma": a bare letter followed by that letter's own option text.
+        first = content[0].upper()
+        if len(content) > 2 and content[1] == " " and first in opts.letters:
+            if normalize_open(content[2:]) == opts.normed[LETTERS.index(first)]:
+                return Extraction(first, method, (s, e), True)
+    return Extraction(None, "none", None, True, raw)
+
+
+# Answer phrases are located by their keyword with str.find (fast), then checked with
+# regexes anchored at the keyword: the words before it (searched in a short window that
+# ends at the keyword) and the words after it.
+_FORWARD_KEYWORDS = ("answer", "option", "choice")
+_REVERSE_KEYWORDS = ("correct", "right", "best")
+# "the answer is", "the correct option would be", "my final answer is"
+_VERB_PREFIX_RE = re.compile(
+    r"\b(?:the|my|our|final|correct|best|right)\s+"
+    r"(?:(?:final|correct|best|right|most\s+likely|likely|only)\s+)?$"
+)
+_VERB_SUFFIX_RE = re.compile(
+    r"(?:\s+(?:choice|option|letter))?\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be|=)(?![a-z])"
+)
+# "Answer:", "**Final Answer:**", "Answer (letter):", "answer = B", "correct option: B"
+_LABEL_PREFIX_RE = re.compile(r"\b(?:final|correct|best)\s+$")
+_LABEL_SUFFIX_RE = re.compile(r"(?:\s*\([^)\n]{0,20}\))?[ \t*_]*(?::|=|-[ \t])")
+_OPTION_LABEL_SUFFIX_RE = re.compile(r"[ \t*_]*:")
+# Reverse: "(B) is the correct answer", "option B is correct".
+_REVERSE_PREFIX_RE = re.compile(
+    r"(?:\b(?:option|choice)\s+)?(?:\([a-z]\)|\b[a-z])\s+is\s+(the\s+)?$"
+)
+_REVERSE_SUFFIX_RE = re.compile(r"\s+(?:answer|option|choice)\b")
+_REVERSE_LETTER_RE = re.compile(r"(?:(?:option|choice)\s+)?")
+_WINDOW = 40
+_FILLER_RE = re.compile(
+    r"(?:[\s*_:\"'`>#]|\\\(|\$)*"
+    r"(?:(?:most\s+likely|likely|probably|clearly|definitely|therefore|thus|option|choice|letter"
+    r"|i\s+think|i\s+believe|it\s+is|it'?s)"
+    r"\b(?:[\s*_:\"'`]|\\\(|\$)*)*"
+)
+_CONDITIONAL_RE = re.compile(r"(?:\bif|\bwhether|\bwhat)\s+$")
+_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\n")
+_OPEN_LEAD_RE = re.compile(r"^(?:that|simply)\s+", re.I)
+
+
+def _option_prefix(lower: str, p: int, end: int, opts: _Options) -> tuple[str, int] | None:
+    """(letter, stop) when an option's text starts at lower[p]."""
+    for i in opts.by_length:
+        o = opts.lowered[i]
+        if lower.startswith(o, p):
+            q = p + len(o)
+            if q >= end or not lower[q].isalnum():
+                letter = opts.by_norm.get(opts.normed[i])
+                return (letter, q) if letter else None
+    return None
+
+
+def _phrase_mc(text: str, lower: str, p: int, end: int, opts: _Options) -> Extraction | None:
+    """Answer after an anchor at p: a letter, an option text, an invalid letter, or None."""
+    hit = _option_prefix(lower, p, end, opts)
+    if hit is not None:
+        return Extraction(hit[0], "answer_phrase", (p, hit[1]), True)
+    tok = _letter_token(text, p, end)
+    if tok is None:
+        return None
+    letter, s, e = tok
+    if letter not in opts.letters or _multiple_letters(text, e, end):
+        stop = text.find("\n", e)
+        return Extraction(None, "none", None, True, text[s : stop if stop >= 0 else end].strip())
+    return Extraction(letter, "answer_phrase", (s, e), True)
+
+
+def _phrase_open(text: str, p: int, end: int) -> Extraction | None:
+    m = _SENTENCE_END_RE.search(text, p, end)
+    e = m.start() if m else end
+    s, e = _trim(text, p, e)
+    raw = text[s:e]
+    lead = _OPEN_LEAD_RE.match(raw)
+    if lead:
+        s += lead.end()
+        raw = text[s:e]
+    norm = normalize_open(_clean_content(raw))
+    if not norm:
+        return None
+    return Extraction(norm, "answer_phrase", (s, e), True)
+
+
+def _keyword_positions(lower: str, start: int, keywords: tuple[str, ...]) -> list[int]:
+    found = []
+    for kw in keywords:
+        q = lower.find(kw, start)
+        while q >= 0:
+            if q == 0 or not lower[q - 1].isalnum():
+                found.append(q)
+            q = lower.find(kw, q + len(kw))
+    return found
+
+
+def _forward_anchor(lower: str, start: int, k: int) -> tuple[int, int] | None:
+    """(anchor start, anchor end) of a forward answer phrase whose keyword is at k."""
+    ws = max(start, k - _WINDOW)
+    if lower.startswith("answer", k):
+        after = k + 6
+        m = _LABEL_SUFFIX_RE.match(lower, after)
+        if m:
+            pre = _LABEL_PREFIX_RE.search(lower, ws, k)
+            return (pre.start() if pre else k), m.end()
+    else:
+        after = k + 6  # "option" and "choice" have the same length
+        pre = _LABEL_PREFIX_RE.search(lower, ws, k)
+        if pre:
+            m = _OPTION_LABEL_SUFFIX_RE.match(lower, after)
+            if m:
+                return pre.start(), m.end()
+    pre = _VERB_PREFIX_RE.search(lower, ws, k)
+    if pre:
+        m = _VERB_SUFFIX_RE.match(lower, after)
+        if m:
+            return pre.start(), m.end()
+    return None
+
+
+def _reverse_phrase(
+    text: str, lower: str, start: int, k: int, opts: _Options
+) -> Extraction | None:
+    """Answer from "(B) is the correct answer" / "option B is correct" with keyword at k."""
+    kw_end = k + (7 if lower.startswith("correct", k) else 5 if lower.startswith("right", k) else 4)
+    if kw_end < len(lower) and lower[kw_end].isalnum():
+        return None
+    pre = _REVERSE_PREFIX_RE.search(lower, max(start, k - _WINDOW), k)
+    if pre is None:
+        return None
+    # With "the", a noun must follow ("is the best answer"); bare "is correct" needs none.
+    if pre.group(1) is not None and not _REVERSE_SUFFIX_RE.match(lower, kw_end):
+        return None
+    if pre.group(1) is None and not lower.startswith("correct", k):
+        return None
+    q = _REVERSE_LETTER_RE.match(lower, pre.start()).end()
+    tok = _letter_token(text, q, len(text))
+    if tok is None or (text[q] != "(" and text[q].islower()):
+        return None
+    letter, s, e = tok
+    if letter not in opts.letters:
+        if q > pre.start() or text[q] == "(":
+            return Extraction(None, "none", None, True, text[pre.start() : kw_end])
+        return None  # a bare capital ("vitamin K is correct") is not clearly a letter
+    return Extraction(letter, "answer_phrase", (s, e), True)
+
+
+def _find_phrase(text: str, lower: str, start: int, opts: _Options | None) -> Extraction | None:
+    """The last answer phrase followed by an answer (valid or invalid), or None."""
+    end = len(text)
+    cands = [(k, False) for k in _keyword_positions(lower, start, _FORWARD_KEYWORDS)]
+    if opts is not None:
+        cands.extend((k, True) for k in _keyword_positions(lower, start, _REVERSE_KEYWORDS))
+    cands.sort(reverse=True)
+    for k, reverse in cands:
+        if reverse:
+            res = _reverse_phrase(text, lower, start, k, opts)  # type: ignore[arg-type]
+            if res is not None:
+                return res
+            continue
+        anchor = _forward_anchor(lower, start, k)
+        if anchor is None:
+            continue
+        a_start, a_end = anchor
+        if _CONDITIONAL_RE.search(lower, max(start, a_start - 12), a_start):
+            continue  # "whether the answer is A"
+        p = _FILLER_RE.match(lower, a_end).end()
+        if p >= end:
+            continue
+        res = _phrase_mc(text, lower, p, end, opts) if opts is not None else _phrase_open(text, p, end)
+        if res is not None:
+            return res
+    return None
+
+
+def _lower_same_length(text: str) -> str:
+    """text.lower(), keeping offsets: characters whose lowercase is longer stay as they are."""
+    lower = text.lower()
+    if len(lower) == len(text):
+        return lower
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
+def _find_option_text(lower: str, start: int, opts: _Options) -> Extraction | None:
+    """The one option whose full text occurs in the answer part, or None."""
+    occurrences: list[tuple[int, int, int]] = []
+    for i, o in enumerate(opts.lowered):
+        n = len(o)
+        q = lower.find(o, start)
+        while q >= 0:
+            e = q + n
+            if (q == 0 or not lower[q - 1].isalnum()) and (e >= len(lower) or not lower[e].isalnum()):
+                occurrences.append((q, e, i))
+            q = lower.find(o, q + 1)
+    if not occurrences:
+        return None
+    # An occurrence inside a longer option's occurrence ("pneumonia" in "viral pneumonia")
+    # is not a mention of the shorter option.
+    kept = occurrences
+    if opts.nested:
+        kept = [
+            (s, e, i) for s, e, i in occurrences
+            if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in occurrences)
+        ]
+    found = {i for _, _, i in kept}
+    if len(found) != 1:
+        return None
+    i = found.pop()
+    letter = opts.by_norm.get(opts.normed[i])
+    if not letter:
+        return None
+    s, e, _ = max(kept)
+    return Extraction(letter, "option_text", (s, e), True)
+
+
+def _extract(text: str | None, opts: _Options | None) -> Extraction:
+    if not text:
+        return _NONE
+    close = text.rfind(_THINK_CLOSE)
+    if text.rfind(_THINK_OPEN) > close:
+        return _UNTERMINATED
+    start = close + len(_THINK_CLOSE) if close >= 0 else 0
+    span = _find_boxed(text, start)
+    if span is not None:
+        return _judge_content(text, span[0], span[1], "boxed", opts)
+    span = _find_tag(text, start)
+    if span is not None:
+        return _judge_content(text, span[0], span[1], "answer_tag", opts)
+    lower = _lower_same_length(text)
+    res = _find_phrase(text, lower, start, opts)
+    if res is not None:
+        return res
+    if opts is not None and opts.searchable:
+        res = _find_option_text(lower, start, opts)
+        if res is not None:
+            return res
+    return _NONE
+
+
+def extract(text: str | None, options: Sequence[str] | None = None) -> Extraction:
+    """Find the final answer in a response (option letter, or normalised text when no options)."""
+    return _extract(text, _prepare(tuple(options)) if options else None)
+
+
+# --------------------------------------------------------------------------- grading
+
+def _grade_open(answer: str, gold_norm: str) -> bool:
+    pred = normalize_open(answer)
+    if pred == gold_norm:
+        return True
+    if gold_norm in _YES_NO:
+        return _yes_no_reading(pred) == gold_norm
+    return False
+
+
+def _grade_mc(answer: str, gold: str, opts: _Options) -> bool:
+    a = answer.strip().upper()
+    if len(a) == 1 and a in LETTERS:
+        return a == gold.strip().upper()
+    letter = opts.by_norm.get(normalize_open(answer))
+    return letter is not None and letter == gold.strip().upper()
+
+
+def _item_fields(item: Any) -> tuple[list[str], str | None]:
+    if isinstance(item, dict):
+        return list(item.get("options") or []), item.get("answer")
+    return list(getattr(item, "options", None) or []), getattr(item, "answer", None)
+
+
+def grade(extraction: Extraction, item: Item | dict[str, Any]) -> bool | None:
+    """Whether the extracted answer matches the item's answer; None when there is nothing to grade."""
+    options, gold = _item_fields(item)
+    if extraction.answer is None or gold is None or not str(gold).strip():
+        return None
+    if options:
+        return _grade_mc(extraction.answer, str(gold), _prepare(tuple(options)))  # type: ignore[arg-type]
+    return _grade_open(extraction.answer, normalize_open(str(gold)))
+
+
+def grade_text(text: str | None, item: Item | dict[str, Any]) -> tuple[Extraction, bool | None]:
+    """Extract the answer of one response and grade it against the item."""
+    options, _ = _item_fields(item)
+    ex = extract(text, options or None)
+    return ex, grade(ex, item)
+
+
+# --------------------------------------------------------------------------- grade stage
+
+Judge = Callable[[list[tuple[Item, str]]], list["bool | None"]]
+
+
+def grade_generations(
+    generations: pa.Table,
+    items: pa.Table,
+    config: GradeConfig | None = None,
+    judge: Judge | None = None,
+) -> pa.Table:
+    """One verdict per generation (VERDICT_SCHEMA): extracted answer, rule, correctness.
+
+    Failed generations (an error, or no text) and generations whose item is not in `items`
+    get ``correct=None`` and method "none". With `judge`, open-ended answers that the rules
+    did not accept are sent to it as (item, answer text as written); its True/False replaces
+    the verdict with method "judge", and its None keeps the rule-based verdict.
+    """
+    del config  # the judge callable is built by the caller from config.judge
+    ids = items.column("id").to_pylist()
+    options_col = items.column("options").to_pylist()
+    answers_col = items.column("answer").to_pylist()
+    prepared: dict[str, tuple[_Options | None, str, str]] = {}
+    for item_id, options, gold in zip(ids, options_col, answers_col, strict=True):
+        opts = _prepare(tuple(options)) if options else None
+        gold_key = gold.strip().upper() if opts is not None else normalize_open(gold)
+        prepared[item_id] = (opts, gold, gold_key)
+
+    cols = {name: generations.column(name).to_pylist() for name in
+            ("key", "item_id", "source", "teacher", "sample_index", "text", "error")}
+    n = generations.num_rows
+    answer: list[str | None] = [None] * n
+    method: list[str] = ["none"] * n
+    span_start: list[int | None] = [None] * n
+    span_end: list[int | None] = [None] * n
+    terminated: list[bool] = [True] * n
+    correct: list[bool | None] = [None] * n
+    to_judge: list[int] = []
+
+    texts, errors, item_ids = cols["text"], cols["error"], cols["item_id"]
+    for r in range(n):
+        text = texts[r]
+        entry = prepared.get(item_ids[r])
+        if errors[r] or text is None or entry is None:
+            continue
+        opts, _, gold_key = entry
+        ex = _extract(text, opts)
+        terminated[r] = ex.terminated
+        if ex.answer is None:
+            continue
+        answer[r] = ex.answer
+        method[r] = ex.method
+        span_start[r], span_end[r] = ex.span  # type: ignore[misc]
+        if opts is not None:
+            ok = ex.answer == gold_key if len(ex.answer) == 1 else _grade_mc(ex.answer, gold_key, opts)
+        else:
+            ok = _grade_open(ex.answer, gold_key)
+        correct[r] = ok
+        if judge is not None and opts is None and not ok:
+            to_judge.append(r)
+
+    if judge is not None and to_judge:
+        wanted = {item_ids[r] for r in to_judge}
+        item_objs = {it.id: it for it in items_from_table(
+            items.filter(pc.is_in(items.column("id"), pa.array(sorted(wanted)))))}
+        pairs = [(item_objs[item_ids[r]], texts[r][span_start[r]:span_end[r]]) for r in to_judge]
+        results = judge(pairs)
+        if len(results) != len(pairs):
+            raise ValueError(f"judge returned {len(results)} results for {len(pairs)} answers")
+        for r, res in zip(to_judge, results, strict=True):
+            if res is not None:
+                correct[r] = bool(res)
+                method[r] = "judge"
+
+    return pa.table(
+        {
+            "key": cols["key"], "item_id": item_ids, "source": cols["source"],
+            "teacher": cols["teacher"], "sample_index": cols["sample_index"],
+            "answer": answer, "method": method, "span_start": span_start,
+            "span_end": span_end, "terminated": terminated, "correct": correct,
+        },
+        schema=VERDICT_SCHEMA,
+    )
