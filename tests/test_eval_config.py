@@ -53,6 +53,8 @@ def test_custom_benchmark_needs_adapter_and_category():
 def test_misplaced_sampling_and_impossible_pass_k_are_reported_with_paths():
     with pytest.raises(RecipeError, match="set `sampling` at the top level"):
         eval_config_from_data(_data(model={"model": "m", "sampling": {"temperature": 0}}))
+    with pytest.raises(RecipeError, match="hub id 'GBaker/MedQA-USMLE-4-options'"):
+        eval_config_from_data(_data(benchmarks=[{"name": "medqa"}]))
     with pytest.raises(RecipeError, match="pass_k 6 needs"):
         eval_config_from_data(_data(pass_k=[1, 6]))
     cfg = eval_config_from_data(_data(pass_k=[1, 6], samples_per_seed=2))

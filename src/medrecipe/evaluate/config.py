@@ -33,7 +33,7 @@ class BenchmarkSpec(_Model):
     """One benchmark to run: a registered name (plus its data location) or a custom source."""
 
     name: str
-    path: str | None = None  # local file / folder or hub id; required unless the adapter needs none
+    path: str | None = None  # local file / folder or hub id (required)
     adapter: str | None = None  # default: the registry's adapter (required for custom names)
     category: Literal["text", "mm_reasoning", "mm_classification", "vqa"] | None = None
     title: str | None = None
@@ -56,6 +56,11 @@ class BenchmarkSpec(_Model):
                 f"{self.name!r} is not a registered benchmark ({', '.join(BENCHMARKS)}); "
                 "give `adapter` and `category` to evaluate a custom data set"
             )
+        if not self.path:
+            reg = BENCHMARKS.get(self.name)
+            hint = f" (its public copy is the hub id {reg.hub_id!r})" if reg and reg.hub_id else ""
+            raise ValueError(f"benchmark {self.name!r} needs `path`: a local file or folder, or a "
+                             f"Hugging Face hub id{hint}")
         return self
 
     def resolved(self) -> ResolvedBenchmark:
