@@ -22,9 +22,11 @@ Forced end of thinking. When a response stops with ``finish_reason == "length"``
 thinking block that never closed, the runner sends one continuation request: the same
 messages followed by an assistant message holding the truncated text, the closing tag and
 an answer cue, with ``continue_final_message: true`` and ``add_generation_prompt: false``
-in the request body. vLLM's chat endpoint (and the transformers_local backend) continue
-that assistant message in place instead of starting a new turn, and return only the new
-tokens. The sample's text becomes truncated text + closing tag + cue + continuation, and
+in the request body (through ``sampling.extra``). vLLM's chat endpoint continues that
+assistant message in place instead of starting a new turn and returns only the new
+tokens; the transformers_local backend does the same only if it hands those two flags to
+the chat template (``apply_chat_template(continue_final_message=True)``), otherwise its
+continuation starts a fresh assistant turn after the prefix. The sample's text becomes truncated text + closing tag + cue + continuation, and
 its ``forced_end`` flag is set.
 """
 
