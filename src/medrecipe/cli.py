@@ -144,6 +144,20 @@ def report(run_dir: RunArg,
     console.print(f"report: {write_report(run_, out_dir=out, config=cfg)}")
 
 
+@app.command("eval")
+def eval_(
+    targets: Annotated[list[str], typer.Argument(help="Evaluation recipe YAML, or `compare RUN...`.")],
+    override: Overrides = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (eval; default runs/eval/<name>) or "
+                                                  "output folder (compare).")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+) -> None:
+    """Evaluate a model on benchmarks (RECIPE), or compare evaluation runs (compare RUN...)."""
+    from medrecipe.evaluate.commands import eval_command
+
+    eval_command(targets, override, out=out, progress=progress, console=console)
+
+
 train_app = typer.Typer(no_args_is_help=True, help="Train a student VLM on an export (TRL SFT / "
                         "GRPO) or write a LLaMA-Factory config.")
 app.add_typer(train_app, name="train")
