@@ -146,6 +146,7 @@ class _Progress:
         self._p = None
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -162,7 +163,7 @@ class _Progress:
             TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn(),
             TextColumn("[green]${task.fields[spend]:.4f}"),
             TextColumn("[red]{task.fields[failed]} failed"),
-            refresh_per_second=4, transient=False)
+            refresh_per_second=4, transient=False, console=Console(stderr=True))
         self._task = self._p.add_task(description, total=total, spend=0.0, failed=0, rate="")
         self._t0 = time.perf_counter()
         self._fetched = 0

@@ -52,6 +52,7 @@ class Fault:
     times: int = 1
     retry_after: float | None = None
     match: Callable[[dict[str, Any]], bool] | None = None
+    message: str | None = None  # error text; "{authorization}" echoes that request header
 
 
 @dataclass
@@ -92,11 +93,14 @@ class ChatServer:
     responder: Responder = default_responder
     reasoning_field: str | None = None  # "reasoning_content" or "reasoning": split <think> out
     max_n: int | None = None  # larger n -> HTTP 400 (an endpoint without native n)
+    choices_cap: int | None = None  # return at most this many choices, whatever n asks
+    chunked: bool = False  # send bodies with Transfer-Encoding: chunked
     record: bool = True
     host: str = "127.0.0.1"
     port: int = 0
     hang_s: float = 30.0  # how long a "timeout" fault keeps the client waiting
     count: int = 0  # chat-completion requests received (faulted ones included)
+    connections: int = 0  # TCP connections accepted
     in_flight: int = 0
     max_in_flight_seen: int = 0
     received: list[Received] = field(default_factory=list)
@@ -113,12 +117,13 @@ class ChatServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def inject(self, kind: str, times: int = 1, retry_after: float | None = None,
-               match: Callable[[dict[str, Any]], bool] | None = None) -> None:
+               match: Callable[[dict[str, Any]], bool] | None = None,
+               message: str | None = None) -> None:
         """Make the next `times` matching requests fail with `kind` (see FAULT_KINDS)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; choose from {FAULT_KINDS}")
         with self._lock:
-            self._faults.append(Fault(kind, times, retry_after, match))
+            self._faults.append(Fault(kind, times, retry_after, match, message))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -198,6 +203,8 @@ class ChatServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        with self._lock:
+            self.connections += 1
         try:
             while True:
                 try:
@@ -242,15 +249,21 @@ class ChatServer:
             out += await reader.readexactly(size)
             await reader.readexactly(2)
 
-    @staticmethod
-    def _write(writer: asyncio.StreamWriter, status: int, payload: bytes,
+    def _write(self, writer: asyncio.StreamWriter, status: int, payload: bytes,
                extra: dict[str, str] | None = None, ctype: str = "application/json") -> None:
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
-                f"Content-Type: {ctype}", f"Content-Length: {len(payload)}",
-                "Connection: keep-alive"]
+                f"Content-Type: {ctype}", "Connection: keep-alive"]
+        if self.chunked and payload:
+            head.append("Transfer-Encoding: chunked")
+            mid = len(payload) // 2
+            body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (payload[:mid], payload[mid:])
+                            if c) + b"0\r\n\r\n"
+        else:
+            head.append(f"Content-Length: {len(payload)}")
+            body = payload
         for k, v in (extra or {}).items():
             head.append(f"{k}: {v}")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
     async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes,
                         writer: asyncio.StreamWriter) -> bool:
@@ -281,12 +294,14 @@ class ChatServer:
             if rec is not None:
                 rec.answered = fault.kind if fault else "ok"
             if fault is not None:
-                return await self._fail(fault, writer)
+                return await self._fail(fault, writer, headers)
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
                 self._write(writer, 400, b'{"error": {"message": "messages is required"}}')
                 await writer.drain()
                 return True
             n = int(body.get("n") or 1)
+            if self.choices_cap is not None:
+                n = min(n, self.choices_cap)
             if self.max_n is not None and n > self.max_n:
                 msg = {"error": {"message": f"n must be at most {self.max_n}"}}
                 self._write(writer, 400, json.dumps(msg).encode())
@@ -299,7 +314,8 @@ class ChatServer:
             with self._lock:
                 self.in_flight -= 1
 
-    async def _fail(self, fault: Fault, writer: asyncio.StreamWriter) -> bool:
+    async def _fail(self, fault: Fault, writer: asyncio.StreamWriter,
+                    headers: dict[str, str]) -> bool:
         kind = fault.kind
         if kind == "timeout":
             await asyncio.sleep(self.hang_s)
@@ -315,7 +331,9 @@ class ChatServer:
             if fault.retry_after is not None:
                 extra["retry-after"] = f"{fault.retry_after:g}"
             status = int(kind)
-            msg = {"error": {"message": f"scripted {status}", "type": "scripted"}}
+            text = (fault.message or f"scripted {status}").replace(
+                "{authorization}", headers.get("authorization", ""))
+            msg = {"error": {"message": text, "type": "scripted"}}
             self._write(writer, status, json.dumps(msg).encode(), extra)
         await writer.drain()
         return True

@@ -76,10 +76,20 @@ class TransformersLocalBackend:
         self._load()
         t0 = time.perf_counter()
         s = request.sampling
-        rows = generate_chat(self._model, self._processor, [self._with_pixels(request.messages)],
-                             max_new_tokens=s.max_tokens, temperature=s.temperature,
-                             top_p=s.top_p, num_return_sequences=request.n, seed=request.seed)
-        outs = rows[0]
+        greedy = not s.temperature or s.temperature <= 0
+        # Greedy decoding gives one answer however often it is asked; generate it once.
+        k = 1 if greedy else request.n
+        try:
+            rows = generate_chat(self._model, self._processor,
+                                 [self._with_pixels(request.messages)],
+                                 max_new_tokens=s.max_tokens, temperature=s.temperature,
+                                 top_p=s.top_p, num_return_sequences=k, seed=request.seed)
+        except BackendError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a model error fails these samples, not the run
+            raise BackendError(f"local generation failed: {type(e).__name__}: {e}",
+                               retryable=False) from None
+        outs = rows[0] * request.n if greedy else rows[0]
         completions = [Completion(text=o.text, reasoning=None, finish_reason=o.finish_reason,
                                   completion_tokens=o.completion_tokens) for o in outs]
         return ChatResponse(completions=completions,
