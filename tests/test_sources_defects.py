@@ -41,6 +41,8 @@ def test_each_defect_is_quarantined_with_a_distinct_reason(tmp_path):
     assert "MM-6-a.png" in by_reason["image_missing"].detail
     assert by_reason["image_undecodable"].item_id == "mx_mm/MM-7"
     assert by_reason["answer_not_in_options"].row == 3
+    assert by_reason["answer_not_in_options"].item_id == "mx_mm/MM-4"
+    assert by_reason["missing_answer"].item_id == "mx_mm/MM-3"
     assert by_reason["malformed_json"].row == 8 and "line 9" in by_reason["malformed_json"].detail
     # the quarantine keeps the offending row for a person to read
     assert json.loads(by_reason["missing_answer"].raw)["id"] == "MM-3"

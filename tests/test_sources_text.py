@@ -185,7 +185,8 @@ def test_headqa_ra_is_the_aid_of_the_right_answer(tmp_path, sequence_of_struct):
     img_q = by_id["headqa/Cuaderno_2014_1_M-2"]
     assert img_q.task == "mm_reasoning" and len(img_q.images) == 1 and store.has(img_q.images[0])
     assert img_q.answer_text == "Tuberculosis"
-    assert [q.reason for q in quarantine] == ["answer_not_in_options"]
+    assert [(q.reason, q.item_id) for q in quarantine] == [
+        ("answer_not_in_options", "headqa/Cuaderno_2013_1_B-3")]
 
 
 def test_headqa_can_skip_image_questions(tmp_path):

@@ -5,10 +5,11 @@ Field names follow the public Hugging Face copies (see shared/datasets.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from medrecipe.config import SourceSpec
@@ -154,6 +155,32 @@ def reject_answer(value: Any, n_options: int, rec: Any, field: str) -> Reject:
                   f"{field}={value!r} does not name one of the {n_options} options", rec)
 
 
+def ids_from(native_id: Callable[[dict[str, Any]], Any]):
+    """Decorator: give an adapter's rejected rows their item id (when the row has one)."""
+
+    def deco(fn: Callable[[SourceSpec], RawStream]) -> Callable[[SourceSpec], RawStream]:
+        @functools.wraps(fn)
+        def wrapper(spec: SourceSpec) -> RawStream:
+            for idx, raw in fn(spec):
+                if isinstance(raw, Reject) and raw.item_id is None and isinstance(raw.raw, dict):
+                    try:
+                        nid = native_id(raw.raw)
+                    except (TypeError, ValueError, KeyError):
+                        nid = None
+                    if not blank(nid):
+                        raw.item_id = f"{spec.name}/{nid}"
+                yield idx, raw
+
+        return wrapper
+
+    return deco
+
+
+def _headqa_id(rec: dict[str, Any]) -> Any:
+    # qid numbers restart in every exam, so the exam name is part of the id.
+    return f"{rec.get('name')}-{rec.get('qid')}" if not blank(rec.get("name")) else rec.get("qid")
+
+
 # --------------------------------------------------------------------------- MedMCQA
 
 _MEDMCQA_OPTS = ("opa", "opb", "opc", "opd")
@@ -165,6 +192,7 @@ _MEDMCQA_OPTS = ("opa", "opb", "opc", "opd")
                 " use the validation split)",
           options={"answer_base": "0 (default: cop is 0-3, the HF copies) or 1 (cop 1-4, the"
                                   " original JSON release)"})
+@ids_from(lambda r: r.get("id"))
 def medmcqa(spec: SourceSpec) -> RawStream:
     """MedMCQA rows: question, opa..opd, cop (correct option index); cop -1 means no answer."""
     check_options(spec, ["answer_base"])
@@ -225,6 +253,7 @@ def _has_image(value: Any) -> bool:
           needs="a HF dataset folder / Parquet / JSONL of HEAD-QA rows (name, qid, qtext, ra, answers)",
           options={"images": "keep (default: image questions become mm_reasoning) | skip (leave"
                              " them out, counted as skipped)"})
+@ids_from(_headqa_id)
 def headqa(spec: SourceSpec) -> RawStream:
     """HEAD-QA rows: qtext, answers [{aid, atext}], ra = the aid of the correct answer (1-based)."""
     from medrecipe.sources.vqa import locate_image
@@ -258,9 +287,7 @@ def headqa(spec: SourceSpec) -> RawStream:
         if has_image and keep_images == "skip":
             yield idx, Skip("has_image")
             continue
-        # qid numbers restart in every exam, so the exam name is part of the id.
-        native = f"{rec.get('name')}-{rec.get('qid')}" if not blank(rec.get("name")) else rec.get("qid")
-        yield idx, {"id": native, "question": as_text(rec.get("qtext")), "options": options,
+        yield idx, {"id": _headqa_id(rec), "question": as_text(rec.get("qtext")), "options": options,
                     "answer": LETTERS[hits[0]],
                     "images": [locate_image(image, spec)] if has_image else [],
                     "task": "mm_reasoning" if has_image else "text",
@@ -275,6 +302,7 @@ def headqa(spec: SourceSpec) -> RawStream:
           needs="a HF dataset folder / Parquet / JSONL of MMLU-Pro rows",
           options={"category": "a category or list of them (default health); all keeps every row."
                                " Other rows are skipped (counted), not quarantined"})
+@ids_from(lambda r: r.get("question_id"))
 def mmlu_pro(spec: SourceSpec) -> RawStream:
     """MMLU-Pro rows: question, options list, answer letter (answer_index as a fallback)."""
     check_options(spec, ["category"])
@@ -353,6 +381,7 @@ def strip_embedded_choices(question: str, options: list[str]) -> str | None:
                 " images folder",
           options={"strip_choices": "true (default): remove the 'Answer Choices: (A) ...' block"
                                     " from the question when it repeats the options"})
+@ids_from(lambda r: r.get("id"))
 def medxpertqa(spec: SourceSpec) -> RawStream:
     """MedXpertQA rows: question (choices embedded), options dict, label letter, images (MM)."""
     from medrecipe.sources.vqa import locate_image

@@ -29,6 +29,7 @@ from medrecipe.sources.text_mcq import (
     blank,
     check_options,
     choice_filter,
+    ids_from,
     norm_key,
     positional_options,
     records,
@@ -73,6 +74,7 @@ def _pmc_choice(value: Any, letter: str) -> Any:
                       " verified 2,000-item test set",
           needs="a PMC-VQA CSV (test_clean.csv, train_2.csv, ...) with image_root at the unzipped"
                 " figures (Figure_path is looked up there and in its figures/ or images/ folder)")
+@ids_from(lambda r: r.get("index"))
 def pmc_vqa(spec: SourceSpec) -> RawStream:
     """PMC-VQA rows: Figure_path, Question, Choice A..D ("A:..."), Answer_label letter."""
     check_options(spec, [])
@@ -114,6 +116,10 @@ def pmc_vqa(spec: SourceSpec) -> RawStream:
 _ANSWER_TYPE_HELP = "all (default) | open | closed (yes/no answers); others are skipped (counted)"
 
 
+def _vqa_id(rec: dict[str, Any]) -> Any:
+    return next((rec[k] for k in ("id", "qid") if not blank(rec.get(k))), None)
+
+
 def _open_vqa(spec: SourceSpec, modality: str | None) -> RawStream:
     """Rows of an `image, question, answer` dataset (answer type: yes/no = closed)."""
     check_options(spec, ["answer_type"])
@@ -130,7 +136,7 @@ def _open_vqa(spec: SourceSpec, modality: str | None) -> RawStream:
         if wanted is not None and kind not in wanted:
             yield idx, Skip("answer_type_filtered")
             continue
-        native = next((rec[k] for k in ("id", "qid") if not blank(rec.get(k))), None)
+        native = _vqa_id(rec)
         yield idx, {"id": native, "question": as_text(rec.get("question")), "options": [],
                     "answer": str(answer).strip(), "images": [rec.get("image")],
                     "modality": spec.modality or modality, "meta": {"answer_type": kind}}
@@ -140,6 +146,7 @@ def _open_vqa(spec: SourceSpec, modality: str | None) -> RawStream:
           description="VQA-RAD (radiology; open and yes/no questions, answer_type inferred)",
           needs="a HF dataset folder (save_to_disk or data files) / Parquet of image, question, answer",
           options={"answer_type": _ANSWER_TYPE_HELP})
+@ids_from(_vqa_id)
 def vqa_rad(spec: SourceSpec) -> RawStream:
     """VQA-RAD rows: image (HF Image), question, answer."""
     yield from _open_vqa(spec, None)
@@ -149,6 +156,7 @@ def vqa_rad(spec: SourceSpec) -> RawStream:
           description="PathVQA (pathology; open and yes/no questions, answer_type inferred)",
           needs="a HF dataset folder (save_to_disk or data files) / Parquet of image, question, answer",
           options={"answer_type": _ANSWER_TYPE_HELP})
+@ids_from(_vqa_id)
 def pathvqa(spec: SourceSpec) -> RawStream:
     """PathVQA rows: image (HF Image), question, answer; modality pathology."""
     yield from _open_vqa(spec, "pathology")
@@ -172,6 +180,7 @@ _SLAKE_ANATOMY = {
                 " at the unzipped folder holding imgs/<img_name>",
           options={"lang": "en (default) | zh | all; other languages are skipped (counted)",
                    "answer_type": "all (default) | open | closed (SLAKE's answer_type)"})
+@ids_from(lambda r: r.get("qid"))
 def slake(spec: SourceSpec) -> RawStream:
     """SLAKE rows: img_name, question, answer, q_lang, location, modality, answer_type, qid."""
     check_options(spec, ["lang", "answer_type"])
@@ -239,6 +248,7 @@ def _literal_list(value: Any) -> list[Any] | None:
                    "subset": "alias of subjects (health | all)",
                    "vision_question": "question text for the vision config, whose question is"
                                       " inside the image"})
+@ids_from(lambda r: r.get("id"))
 def mmmu_pro(spec: SourceSpec) -> RawStream:
     """MMMU-Pro rows: question with <image N> tags, options literal list, image_1..7, answer letter."""
     check_options(spec, ["subjects", "subset", "vision_question"])
