@@ -71,6 +71,7 @@ _UNTERMINATED = Extraction(None, "none", None, False)
 # --------------------------------------------------------------------------- normalisation
 
 _PUNCT_RE = re.compile(r"(?<!\d)[^\w\s]|[^\w\s](?!\d)|_")
+_APOSTROPHE_RE = re.compile(r"(?<=\w)['’](?=\w)")
 _ARTICLE_RE = re.compile(r"\b(?:a|an|the)\b")
 _SPACE_RE = re.compile(r"\s+")
 _YES_NO_RE = re.compile(r"^[\W_]*(yes|yeah|yep|no|nope)\b(.*)$", re.S)
@@ -91,7 +92,7 @@ def normalize_open(text: str | None) -> str:
         # "No." / "No, it is not" are replies; "no evidence of ..." is a noun phrase.
         if word == "nope" or _NO_REPLY_TAIL.match(rest):
             return "no"
-    t = _PUNCT_RE.sub(" ", t)
+    t = _PUNCT_RE.sub(" ", _APOSTROPHE_RE.sub("", t))  # "crohn's" -> "crohns", not "crohn s"
     t = _ARTICLE_RE.sub(" ", t)
     return _SPACE_RE.sub(" ", t).strip()
 

@@ -1,0 +1,124 @@
+"""The grade stage: one verdict per generation, as an Arrow table in VERDICT_SCHEMA."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from medrecipe.answers import grade_generations
+from medrecipe.config import GradeConfig
+from medrecipe.schema import (
+    GENERATION_SCHEMA,
+    ITEM_SCHEMA,
+    VERDICT_SCHEMA,
+    Generation,
+    Item,
+    Verdict,
+    records_from_table,
+    to_table,
+)
+
+ITEMS = [
+    Item(id="mc1", source="bcss", task="mm_classification", question="Tissue?",
+         options=["Tumor", "Stroma", "Inflammatory", "Necrosis"], answer="B"),
+    Item(id="op1", source="vqa_rad", task="open_vqa", question="Is there a fracture?", answer="no"),
+    Item(id="op2", source="vqa_rad", task="open_vqa", question="Which organ is enlarged?", answer="spleen"),
+]
+
+
+def gen(key: str, item_id: str, text: str | None, *, error: str | None = None, sample: int = 0) -> Generation:
+    return Generation(key=key, item_id=item_id, source="src-" + item_id, teacher="t1", model="m",
+                      sample_index=sample, text=text, error=error)
+
+
+GENERATIONS = [
+    gen("g1", "mc1", "<think>Spindle cells.</think>\n\\boxed{B: Stroma}"),
+    gen("g2", "mc1", "<think>Atypia.</think>\nAnswer: (A)", sample=1),
+    gen("g3", "mc1", None, error="HTTP 500 after 5 retries", sample=2),
+    gen("g4", "mc1", None, sample=3),
+    gen("g5", "mc1", "<think>Let me think about the stroma", sample=4),
+    gen("g6", "op1", "The cortex is intact. Final answer: No, there is no fracture."),
+    gen("g7", "op2", "The spleen is large.\nAnswer: the Spleen's lower pole"),
+    gen("g8", "op2", "No final answer here at all.", sample=1),
+    gen("g9", "missing-item", "\\boxed{B}"),
+    gen("g10", "mc1", "\\boxed{F}", sample=5),
+]
+
+
+@pytest.fixture()
+def tables():
+    return to_table(GENERATIONS, GENERATION_SCHEMA), to_table(ITEMS, ITEM_SCHEMA)
+
+
+def by_key(table: pa.Table) -> dict[str, dict]:
+    return {row["key"]: row for row in table.to_pylist()}
+
+
+def test_one_verdict_per_generation_in_schema(tables):
+    gens, items = tables
+    out = grade_generations(gens, items, GradeConfig())
+    assert out.schema == VERDICT_SCHEMA
+    assert out.column("key").to_pylist() == [g.key for g in GENERATIONS]
+    verdicts = records_from_table(out, Verdict)
+    assert all(isinstance(v, Verdict) for v in verdicts)
+    v = by_key(out)
+    assert (v["g2"]["source"], v["g2"]["teacher"], v["g2"]["sample_index"]) == ("src-mc1", "t1", 1)
+
+
+def test_verdicts_carry_answer_method_span_and_correctness(tables):
+    gens, items = tables
+    v = by_key(grade_generations(gens, items, GradeConfig()))
+    g1_text = GENERATIONS[0].text
+    assert (v["g1"]["answer"], v["g1"]["method"], v["g1"]["correct"]) == ("B", "boxed", True)
+    assert g1_text[v["g1"]["span_start"] : v["g1"]["span_end"]] == "B: Stroma"
+    assert (v["g2"]["answer"], v["g2"]["method"], v["g2"]["correct"]) == ("A", "answer_phrase", False)
+    assert (v["g6"]["answer"], v["g6"]["method"], v["g6"]["correct"]) == ("no", "answer_phrase", True)
+    assert v["g7"]["correct"] is False  # free text, not an exact match after normalisation
+
+
+def test_failed_unparsed_unterminated_and_orphan_generations_are_not_graded(tables):
+    gens, items = tables
+    v = by_key(grade_generations(gens, items, GradeConfig()))
+    for key in ("g3", "g4", "g5", "g8", "g9", "g10"):
+        row = v[key]
+        assert row["correct"] is None, key
+        assert row["method"] == "none" and row["answer"] is None, key
+        assert row["span_start"] is None and row["span_end"] is None, key
+    assert v["g5"]["terminated"] is False
+    assert all(v[k]["terminated"] is True for k in ("g1", "g3", "g8", "g10"))
+
+
+def test_judge_grades_only_open_answers_the_rules_rejected(tables):
+    gens, items = tables
+    seen: list[tuple[str, str]] = []
+
+    def judge(pairs):
+        seen.extend((item.id, answer) for item, answer in pairs)
+        return [True for _ in pairs]
+
+    v = by_key(grade_generations(gens, items, GradeConfig(judge="grader"), judge=judge))
+    # g7 is the only open answer that was parsed and not accepted; the judge sees it as written.
+    assert seen == [("op2", "the Spleen's lower pole")]
+    assert (v["g7"]["method"], v["g7"]["correct"]) == ("judge", True)
+    assert v["g7"]["answer"] == "spleens lower pole"
+    assert (v["g6"]["method"], v["g6"]["correct"]) == ("answer_phrase", True)
+    assert (v["g2"]["method"], v["g2"]["correct"]) == ("answer_phrase", False)  # MC never judged
+    assert v["g8"]["method"] == "none"  # nothing parsed: nothing to judge
+
+
+def test_judge_abstaining_keeps_rule_verdict(tables):
+    gens, items = tables
+    v = by_key(grade_generations(gens, items, GradeConfig(), judge=lambda pairs: [None] * len(pairs)))
+    assert (v["g7"]["method"], v["g7"]["correct"]) == ("answer_phrase", False)
+
+
+def test_judge_returning_wrong_count_is_an_error(tables):
+    gens, items = tables
+    with pytest.raises(ValueError, match="judge returned 0 results for 1"):
+        grade_generations(gens, items, GradeConfig(), judge=lambda pairs: [])
+
+
+def test_empty_generations_give_empty_verdicts(tables):
+    _, items = tables
+    out = grade_generations(GENERATION_SCHEMA.empty_table(), items, GradeConfig())
+    assert out.num_rows == 0 and out.schema == VERDICT_SCHEMA
