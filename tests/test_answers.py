@@ -135,6 +135,13 @@ OPTION_TEXT = [
     case("Stroma again, and stroma once more.", BCSS, "B", "option_text", "stroma", id="same-option-repeated"),
     case("The answer is a stromal reaction, not tumorous.", BCSS, None, "none", None,
          id="word-prefix-is-no-mention"),
+    case("Option A (Tumor) is unlikely given the findings.", BCSS, None, "none", None,
+         id="sole-option-rejected-in-prose"),
+    case("This is not necrosis.", BCSS, None, "none", None, id="sole-option-negated-before"),
+    case("Tumor was considered at length.\n\nConclusion: inflammatory infiltrate.", BCSS, "C",
+         "option_text", "inflammatory", id="final-paragraph-only"),
+    case("Granulation tissue, 3.5 mm, consistent with stroma.", BCSS, "B", "option_text", "stroma",
+         id="decimal-is-no-sentence-break"),
 ]
 
 

@@ -12,8 +12,11 @@ answer:
    "(B) is the correct answer"). Phrases followed by prose ("the answer is not clear",
    "I hope the answer: helps") are not answer phrases and are passed over.
 4. ``option_text`` (multiple choice only): exactly one option's full text occurs in the
-   answer part (occurrences inside a longer option's text do not count). Two or more
-   options present is ambiguous and yields no answer.
+   final paragraph of the answer part (occurrences inside a longer option's text do not
+   count). Two or more options present is ambiguous and yields no answer; so does a sole
+   option whose mention is negated ("not stroma", "Tumor is unlikely"). The rule is not
+   applied to items whose options include words too common to search for in prose
+   (yes, no, true, false, none, ...) or texts shorter than three characters.
 
 A *final answer that is present but invalid* stops the search: when the last box or answer
 tag holds something that is not one of the item's options (letter F with four options, two
@@ -488,17 +491,46 @@ def _lower_same_length(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
+_NEGATION_BEFORE_RE = re.compile(
+    r"\b(?:not|no|never|unlikely|rule\s+out|ruled\s+out|rules\s+out|exclude[sd]?|excluding"
+    r"|rather\s+than|instead\s+of|against|without|less\s+likely|other\s+than)\b"
+)
+_NEGATION_AFTER_RE = re.compile(
+    r"\b(?:not|unlikely|incorrect|wrong|excluded|ruled\s+out|less\s+likely|inconsistent)\b"
+)
+_SENTENCE_BREAK_RE = re.compile(r"[.!?;\n](?!\d)")
+
+
+def _negated(lower: str, s: int, e: int, lo: int) -> bool:
+    """Whether an option mention sits in a negated clause ("not stroma", "tumor is unlikely")."""
+    before = lower[max(lo, s - 48) : s]
+    breaks = list(_SENTENCE_BREAK_RE.finditer(before))
+    if breaks:
+        before = before[breaks[-1].end() :]
+    if _NEGATION_BEFORE_RE.search(before):
+        return True
+    after = lower[e : e + 48]
+    m = _SENTENCE_BREAK_RE.search(after)
+    return _NEGATION_AFTER_RE.search(after, 0, m.start() if m else len(after)) is not None
+
+
 def _find_option_text(lower: str, start: int, opts: _Options) -> Extraction | None:
-    """The one option whose full text occurs in the answer part, or None."""
+    """The one option whose full text occurs, not negated, in the final paragraph, or None."""
+    # Only the conclusion counts: earlier paragraphs are reasoning that discusses options.
+    end = len(lower)
+    while end > start and lower[end - 1].isspace():
+        end -= 1
+    para = lower.rfind("\n\n", start, end)
+    lo = para + 2 if para >= 0 else start
     occurrences: list[tuple[int, int, int]] = []
     for i, o in enumerate(opts.lowered):
         n = len(o)
-        q = lower.find(o, start)
+        q = lower.find(o, lo, end)
         while q >= 0:
             e = q + n
             if (q == 0 or not lower[q - 1].isalnum()) and (e >= len(lower) or not lower[e].isalnum()):
                 occurrences.append((q, e, i))
-            q = lower.find(o, q + 1)
+            q = lower.find(o, q + 1, end)
     if not occurrences:
         return None
     # An occurrence inside a longer option's occurrence ("pneumonia" in "viral pneumonia")
@@ -514,7 +546,7 @@ def _find_option_text(lower: str, start: int, opts: _Options) -> Extraction | No
         return None
     i = found.pop()
     letter = opts.by_norm.get(opts.normed[i])
-    if not letter:
+    if not letter or any(_negated(lower, s, e, lo) for s, e, _ in kept):
         return None
     s, e, _ = max(kept)
     return Extraction(letter, "option_text", (s, e), True)
