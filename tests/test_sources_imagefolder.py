@@ -170,6 +170,9 @@ def test_unknown_preset_and_option_are_user_errors(tmp_path):
     with pytest.raises(SourceError, match="unknown imagefolder preset"):
         ingest(SourceSpec(name="o", adapter="imagefolder", path=str(tmp_path / "d"),
                           options={"preset": "brain_tumour_mri"}), tmp_path)
+    with pytest.raises(SourceError, match="label file"):
+        ingest(SourceSpec(name="o", adapter="imagefolder", path=str(tmp_path / "d"),
+                          options={"where": {"split": "test"}}), tmp_path)
     with pytest.raises(SourceError, match="qestion"):
         ingest(SourceSpec(name="o", adapter="imagefolder", path=str(tmp_path / "d"),
                           options={"qestion": "?"}), tmp_path)

@@ -304,3 +304,18 @@ def test_medqa_reads_the_five_option_jsonl_and_the_hf_mirror(tmp_path):
                                 "ending2": ["Enterococcus"], "ending3": ["Candida"], "label": [1]})
     items, _, _, _ = ingest(SourceSpec(name="medqa4", adapter="medqa", path=mirror), tmp_path)
     assert items[0].id == "medqa4/q1" and items[0].answer_text == "Staphylococcus aureus"
+
+
+def test_medqa_key_value_options_and_a_blank_option(tmp_path):
+    import json
+
+    jl = tmp_path / "medqa.jsonl"
+    rows = [{"id": "a", "question": "Which drug reverses heparin?", "answer_idx": "C",
+             "options": [{"key": "A", "value": "Vitamin K"}, {"key": "B", "value": "Idarucizumab"},
+                         {"key": "C", "value": "Protamine sulfate"}, {"key": "D", "value": "Andexanet"}]},
+            {"id": "b", "question": "Which drug reverses warfarin?", "answer_idx": "D",
+             "options": {"A": "Vitamin K", "B": "", "C": "Protamine sulfate", "D": "Prothrombin complex"}}]
+    jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items, quarantine, _, _ = ingest(SourceSpec(name="mq", adapter="medqa", path=str(jl)), tmp_path)
+    assert [(it.id, it.answer_text) for it in items] == [("mq/a", "Protamine sulfate")]
+    assert [(q.reason, q.item_id) for q in quarantine] == [("bad_options", "mq/b")]

@@ -149,7 +149,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 _OPTIONS = {
-    "preset": "dataset preset: " + ", ".join(PRESETS) + " (alias: dataset)",
+    "preset": "one of " + ", ".join(PRESETS) + " (alias: dataset)",
     "dataset": "alias of preset",
     "csv": "label file (CSV/TSV/JSONL/Parquet) of image path and label, relative to path",
     "path_column": "label-file column naming the image (default: path, or the preset's)",
@@ -464,6 +464,11 @@ def imagefolder(spec: SourceSpec) -> RawStream:
         root = Path(spec.path)
         if not root.is_dir():
             raise SourceError(f"source {spec.name!r}: {root} is neither a folder nor a label file")
+        table_only = sorted(k for k in ("where", "path_column", "label_column", "path_template",
+                                        "meta_columns") if opts.get(k))
+        if table_only:
+            raise SourceError(f"source {spec.name!r}: option(s) {', '.join(table_only)} apply to a"
+                              " label file; set option csv (or point path at the file)")
         stream = folder_samples(root, class_from, exclude)
     # The classes may come from the labels seen, so the (small) sample list is read first.
     samples: list[Sample] = []

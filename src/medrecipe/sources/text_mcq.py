@@ -28,38 +28,6 @@ from medrecipe.sources.base import (
     options_from,
 )
 
-
-@register("medqa", task="text", hub_id="GBaker/MedQA-USMLE-4-options",
-          description="MedQA (USMLE) 4- or 5-option; also the `-hf` mirror (sent1, ending0..3, label)",
-          needs="a JSONL/Parquet file or HF dataset folder of MedQA rows")
-def medqa(spec: SourceSpec) -> RawStream:
-    """MedQA rows: question, options dict A-E, answer_idx letter (or the -hf mirror layout)."""
-    for idx, rec in enumerate_records(spec):
-        if "__reject__" in rec:
-            yield idx, rec["__reject__"]
-            continue
-        if "sent1" in rec:  # the "-4-options-hf" mirror
-            options = options_from([rec.get(f"ending{i}") for i in range(5) if f"ending{i}" in rec])
-            letter = answer_to_letter(rec.get("label"), options, "index0")
-            question = as_text(rec.get("sent1"))
-            native_id = rec.get("id")
-        else:
-            options = options_from(rec.get("options"))
-            letter = answer_to_letter(rec.get("answer_idx"), options, "letter")
-            if letter is None and rec.get("answer") is not None:
-                letter = answer_to_letter(rec.get("answer"), options, "text")
-            question = as_text(rec.get("question"))
-            native_id = rec.get("id")
-        if letter is None:
-            reason = "missing_answer" if rec.get("answer_idx") in (None, "") and rec.get("label") in (None, "") \
-                and not rec.get("answer") else "answer_not_in_options"
-            yield idx, Reject(reason, f"answer_idx={rec.get('answer_idx')!r} "
-                                      f"answer={rec.get('answer')!r}", rec)
-            continue
-        yield idx, {"id": native_id, "question": question, "options": options, "answer": letter,
-                    "meta": clean_meta(rec, ["meta_info", "metamap_phrases"])}
-
-
 # --------------------------------------------------------------------------- shared helpers
 # (also used by the multimodal adapters in vqa.py and imagefolder.py)
 
@@ -179,6 +147,49 @@ def ids_from(native_id: Callable[[dict[str, Any]], Any]):
 def _headqa_id(rec: dict[str, Any]) -> Any:
     # qid numbers restart in every exam, so the exam name is part of the id.
     return f"{rec.get('name')}-{rec.get('qid')}" if not blank(rec.get("name")) else rec.get("qid")
+
+
+# --------------------------------------------------------------------------- MedQA
+
+
+@register("medqa", task="text", hub_id="GBaker/MedQA-USMLE-4-options",
+          description="MedQA (USMLE) 4- or 5-option; also the `-hf` mirror (sent1, ending0..3, label)",
+          needs="a JSONL/Parquet file or HF dataset folder of MedQA rows")
+@ids_from(lambda r: r.get("id"))
+def medqa(spec: SourceSpec) -> RawStream:
+    """MedQA rows: question, options dict A-E, answer_idx letter (or the -hf mirror layout)."""
+    for idx, rec in enumerate_records(spec):
+        if "__reject__" in rec:
+            yield idx, rec["__reject__"]
+            continue
+        if "sent1" in rec:  # the "-4-options-hf" mirror
+            options = options_from([rec.get(f"ending{i}") for i in range(5) if f"ending{i}" in rec])
+            letter = answer_to_letter(rec.get("label"), options, "index0")
+            question = as_text(rec.get("sent1"))
+            native_id = rec.get("id")
+        else:
+            raw_opts = rec.get("options")
+            if isinstance(raw_opts, list) and raw_opts and \
+                    all(isinstance(o, dict) and "key" in o for o in raw_opts):
+                raw_opts = {o["key"]: o.get("value") for o in raw_opts}  # [{key, value}] copies
+            # Letter-keyed options keep their positions: a blank one is an error, not a shift.
+            options = lettered_options(raw_opts) if isinstance(raw_opts, dict) else options_from(raw_opts)
+            if isinstance(options, str):
+                yield idx, Reject("bad_options", options, rec)
+                continue
+            letter = answer_to_letter(rec.get("answer_idx"), options, "letter")
+            if letter is None and rec.get("answer") is not None:
+                letter = answer_to_letter(rec.get("answer"), options, "text")
+            question = as_text(rec.get("question"))
+            native_id = rec.get("id")
+        if letter is None:
+            reason = "missing_answer" if rec.get("answer_idx") in (None, "") and rec.get("label") in (None, "") \
+                and not rec.get("answer") else "answer_not_in_options"
+            yield idx, Reject(reason, f"answer_idx={rec.get('answer_idx')!r} "
+                                      f"answer={rec.get('answer')!r}", rec)
+            continue
+        yield idx, {"id": native_id, "question": question, "options": options, "answer": letter,
+                    "meta": clean_meta(rec, ["meta_info", "metamap_phrases"])}
 
 
 # --------------------------------------------------------------------------- MedMCQA
