@@ -37,7 +37,7 @@ class SourceSpec(_Model):
     split: str = "train"  # Item.split written for every row
     role: Literal["train", "benchmark"] = "train"
     task: str | None = None  # overrides the adapter's task
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1)  # rows read (before adapter filters)
     mapping: dict[str, str] = Field(default_factory=dict)  # Item field -> source column
     image_root: str | None = None  # folder that relative image paths resolve against
     options: dict[str, Any] = Field(default_factory=dict)  # adapter-specific settings

@@ -114,14 +114,18 @@ def ingest_source(ctx: Context, spec: SourceSpec) -> str:
                               "hf_config": spec.hf_config, "role": spec.role,
                               "fingerprint": source_fingerprint(spec)}
         return StageResult(rows={"items": stats.items, "quarantined": stats.quarantined,
-                                 "read": stats.rows}, extra={"quarantine_reasons": reasons})
+                                 "skipped": stats.skipped, "read": stats.rows},
+                           extra={"quarantine_reasons": reasons,
+                                  "skip_reasons": dict(stats.skip_reasons)})
 
     ran, rec = run_stage(ctx.run, name, config_hash(spec), {"data": source_fingerprint(spec)},
                          [out], body, force=ctx.forced("ingest"))
-    q = rec.rows.get("quarantined", 0)
+    q, skipped = rec.rows.get("quarantined", 0), rec.rows.get("skipped", 0)
     verb = "ingested" if ran else "up to date"
     ctx.log(f"ingest {spec.name}: {verb}, {rec.rows.get('items', 0)} items"
-            + (f", [yellow]{q} quarantined[/yellow]" if q else "") + f" ({rec.seconds:.1f}s)")
+            + (f", [yellow]{q} quarantined[/yellow]" if q else "")
+            + (f", {skipped} filtered out by the adapter's options" if skipped else "")
+            + f" ({rec.seconds:.1f}s)")
     return rec.fingerprint
 
 
