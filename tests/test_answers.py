@@ -400,7 +400,8 @@ OPEN = [
     case("<think>yes</think>", None, None, "none", None, id="yes-only-in-think"),
     case("**Answer:** Pneumothorax", None, "pneumothorax", "answer_phrase", "Pneumothorax", id="bold-label"),
     case("The answer is NO", None, "no", "answer_phrase", "NO", id="uppercase-no"),
-    case("Yes.", None, None, "none", None, id="bare-reply-has-no-rule"),
+    case("Yes.", None, "yes", "bare", "Yes.", id="bare-yes-reply"),
+    case("No final answer here at all.", None, None, "none", None, id="long-bare-open-reply-unparsed"),
     case("The answer is 2.5 cm.", None, "2.5 cm", "answer_phrase", "2.5 cm", id="decimal-kept"),
 ]
 
@@ -510,3 +511,23 @@ def test_grade_text(text, item, answer, correct):
     ex, ok = grade_text(text, item)
     assert ex.answer == answer
     assert ok is correct
+
+
+# --------------------------------------------------------------------------- bare replies
+# Direct prompts ask for the letter only; a reply that is exactly one valid option counts.
+BARE_CASES = [
+    case("B", BCSS, "B", "bare", "B", id="bare-letter"),
+    case("  (C)\n", BCSS, "C", "bare", "(C)", id="bare-parenthesised"),
+    case("**D**", BCSS, "D", "bare", "**D**", id="bare-bold"),
+    case("<think>short</think>\n\nA.", BCSS, "A", "bare", "A.", id="bare-after-think"),
+    case("b", BCSS, "B", "bare", "b", id="bare-lowercase"),
+    case("F", BCSS, None, "none", None, id="bare-letter-out-of-range"),
+    case("A 45-year-old man", BCSS, None, "none", None, id="bare-article-not-letter"),
+    case("B\nC", BCSS, None, "none", None, id="bare-two-lines"),
+    case("left lower lobe", None, "left lower lobe", "bare", "left lower lobe", id="bare-open-short"),
+]
+
+
+@pytest.mark.parametrize("text,options,answer,method,span", BARE_CASES)
+def test_rule_bare_reply(text, options, answer, method, span):
+    check(text, options, answer, method, span)

@@ -48,7 +48,8 @@ from medrecipe.schema import LETTERS, VERDICT_SCHEMA, Item, items_from_table
 if TYPE_CHECKING:
     from medrecipe.config import GradeConfig
 
-METHODS: tuple[str, ...] = ("boxed", "answer_tag", "answer_phrase", "option_text", "judge", "none")
+METHODS: tuple[str, ...] = ("boxed", "answer_tag", "answer_phrase", "option_text", "bare", "judge",
+                            "none")
 
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
@@ -573,7 +574,41 @@ def _extract(text: str | None, opts: _Options | None) -> Extraction:
         res = _find_option_text(lower, start, opts)
         if res is not None:
             return res
-    return _NONE
+    return _bare(text, start, opts)
+
+
+_BARE_MAX_CHARS = 100
+_BARE_MAX_OPEN_WORDS = 5
+# The whole reply is one letter, optionally wrapped ("(B)", "**B**", "B.") and optionally
+# followed by that letter's own option text ("B: Stroma", "(B) Stroma").
+_BARE_MC_RE = re.compile(r"^[\s*_`]*[(\[]?([A-Za-z])[)\]]?(?:[.:)\-]?\s+(.+?))?[\s*_`.]*$", re.S)
+
+
+def _bare(text: str, start: int, opts: _Options | None) -> Extraction:
+    """A reply that is nothing but the answer ("B", "(B) Stroma", "Yes."), as direct prompts ask.
+
+    Only a short single line counts. For multiple choice it must be exactly one valid letter
+    (with that option's text, if any text follows); for open questions at most five words.
+    Anything else without a marked answer stays unparsed.
+    """
+    s, e = _trim(text, start, len(text))
+    if s >= e or e - s > _BARE_MAX_CHARS or "\n" in text[s:e]:
+        return _NONE
+    reply = text[s:e]
+    if opts is None:
+        if len(reply.split()) > _BARE_MAX_OPEN_WORDS:
+            return _NONE
+        norm = normalize_open(reply)
+        return Extraction(norm, "bare", (s, e), True) if norm else _NONE
+    m = _BARE_MC_RE.match(reply)
+    if m is None:
+        return _NONE
+    letter, rest = m.group(1).upper(), m.group(2)
+    if letter not in opts.letters:
+        return _NONE
+    if rest is not None and normalize_open(rest) != opts.normed[LETTERS.index(letter)]:
+        return _NONE
+    return Extraction(letter, "bare", (s, e), True)
 
 
 def extract(text: str | None, options: Sequence[str] | None = None) -> Extraction:
