@@ -110,3 +110,22 @@ def test_images_inline_and_missing(tmp_path):
     assert norm[0]["content"][0] == {"type": "image"} and len(images) == 1
     with pytest.raises(UserError):
         normalize_messages(_chat())  # an image part with no image
+
+
+def test_generate_chat_continues_a_final_assistant_message(tiny_vlm):
+    """A forced end of thinking resumes the truncated assistant text instead of a new turn."""
+    from medrecipe.vlm import generate_chat, load_model_and_processor, normalize_messages
+
+    model, processor = load_model_and_processor(tiny_vlm)
+    conv = [{"role": "user", "content": [{"type": "text", "text": "Which option?"}]},
+            {"role": "assistant", "content": [{"type": "text",
+                                               "text": "<think>cut short</think>\nThe answer is"}]}]
+    msgs, _ = normalize_messages(conv, None)
+    continued = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False,
+                                              continue_final_message=True)
+    assert continued.endswith("The answer is")
+    out = generate_chat(model, processor, [conv], max_new_tokens=3)[0][0]
+    assert out.prompt_tokens == len(processor.tokenizer(continued)["input_ids"])
+    fresh = generate_chat(model, processor, [conv], max_new_tokens=3,
+                          continue_final_message=False)[0][0]
+    assert fresh.prompt_tokens > out.prompt_tokens  # a new turn adds end/start markers

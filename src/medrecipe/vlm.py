@@ -290,11 +290,14 @@ def generate_chat(
     top_p: float = 1.0,
     num_return_sequences: int = 1,
     seed: int | None = None,
+    continue_final_message: bool | None = None,
 ) -> list[list[ChatCompletion]]:
     """Generate responses for a batch of chat conversations (with images) with a local model.
 
     Returns one list of ``num_return_sequences`` completions per conversation. A temperature
-    of 0 means greedy decoding.
+    of 0 means greedy decoding. A conversation ending in an assistant message is continued
+    (no new assistant turn) unless `continue_final_message` is False; this is how a forced
+    end of thinking resumes a truncated response.
     """
     import torch
 
@@ -303,8 +306,12 @@ def generate_chat(
     texts, batch_images = [], []
     for i, conv in enumerate(conversations):
         msgs, imgs = normalize_messages(conv, images[i] if images else None)
+        cont = continue_final_message
+        if cont is None:
+            cont = bool(msgs) and msgs[-1].get("role") == "assistant"
         texts.append(
-            processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=not cont,
+                                          continue_final_message=cont)
         )
         batch_images.append(imgs)
     proc_kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
