@@ -5,8 +5,8 @@ sample of each question is its own cache entry), how many calls run at once, how
 they start (requests and tokens per minute), what to do when one fails (retry with
 backoff and jitter, honouring `retry-after`; record a failed generation after the retry
 limit), what it cost, and when to stop (budget reached, credentials rejected).
-Every response is written to the cache the moment it arrives, so a killed run loses
-at most the calls that were in flight.
+Every response is committed to the cache in the event-loop pass in which it arrives,
+so a killed run loses at most the calls that were in flight.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def request_for(item: Item, teacher: str, cfg: TeacherConfig, n: int,
                       sampling=sampling)
 
 
-@dataclass
+@dataclass(repr=False)
 class EngineResult:
     """What one engine run produced and what it cost."""
 
@@ -80,6 +80,11 @@ class EngineResult:
     not_launched: int = 0
     samples: int = 0
     by_teacher: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # short: asyncio and loggers may repr a result of millions
+        return (f"EngineResult(generations={len(self.generations)}, complete={self.complete}, "
+                f"spend_usd={self.spend_usd:.6f}, failures={self.failures}, "
+                f"cached={self.cached}, requests_sent={self.requests_sent})")
 
 
 @dataclass
@@ -263,6 +268,8 @@ class _Run:
         self.reserved = 0.0  # estimated cost of calls in flight (for the budget)
         self.cost_per_sample: float | None = None
         self._owned: list[Backend] = []
+        self._cache_buf: list[tuple[str, dict[str, Any]]] = []
+        self._cache_flush_due = False
 
     # ------------------------------------------------------------------ setup
     def _teacher(self, name: str) -> _Teacher:
@@ -307,6 +314,7 @@ class _Run:
                     await t.queue.put(None)
             if self.workers:
                 await asyncio.gather(*self.workers, return_exceptions=False)
+            self._flush_cache()
             self._flush(final=True)
         if self.fatal is not None:
             raise self.fatal
@@ -458,8 +466,13 @@ class _Run:
                    "completion_tokens": ct, "latency_s": round(resp.latency_s, 4),
                    "seed": None if seed is None else seed + indices[0], "model": cfg.model}
             records.append((idx, sample_key(unit.base, idx), rec))
-        if self.cache is not None:  # on disk before anything else happens
-            self.cache.put_many((key, rec) for _, key, rec in records)
+        if self.cache is not None:
+            # Committed at the end of this event-loop pass, before the loop polls the network
+            # again: responses that arrive together share one transaction.
+            self._cache_buf.extend((key, rec) for _, key, rec in records)
+            if not self._cache_flush_due:
+                self._cache_flush_due = True
+                asyncio.get_running_loop().call_soon(self._flush_cache)
         for idx, key, rec in records:
             cost = _cost(cfg.price, prompt_billed, rec["completion_tokens"])
             spent += cost
@@ -472,6 +485,20 @@ class _Run:
         self.cost_per_sample = self.res.spend_usd / max(1, fetched - self.res.failures)
         if self.bar:
             self.bar.advance(k, self.res.spend_usd, self.res.failures, fetched=k)
+
+    def _flush_cache(self) -> None:
+        self._cache_flush_due = False
+        if not self._cache_buf or self.cache is None:
+            return
+        batch, self._cache_buf = self._cache_buf, []
+        try:
+            self.cache.put_many(batch)
+        except Exception as e:  # noqa: BLE001 - disk full, read-only folder, ...
+            log.error("cannot write the request cache %s: %s", self.cache.path, e)
+            self.stop_reason = "cache"
+            self.fatal = UserError(f"cannot write the request cache at {self.cache.path}: {e}; "
+                                   "free disk space or set generate.cache_dir to a writable "
+                                   "folder (answers received so far are in the output)")
 
     def _fail(self, t: _Teacher, unit: _Unit, indices: list[int], error: str) -> None:
         error = self.e.redact(error)
@@ -523,6 +550,7 @@ class _Run:
             self.sink(batch)
 
     async def shutdown(self) -> None:
+        self._flush_cache()
         for w in self.workers:
             if not w.done():
                 w.cancel()

@@ -13,7 +13,7 @@ dropped connections). It counts requests and, optionally, records every body rec
         srv.count                        # chat-completion requests received
 
 Run standalone (used by benchmarks/engine.py): `python -m medrecipe.testing.chat_server
---port 0 --latency 0.5` prints `PORT <n>` once listening.
+--port 0 --latency 0.5` prints `PORT <n>` once listening; `GET /stats` returns the counts.
 """
 
 from __future__ import annotations
@@ -267,6 +267,13 @@ class ChatServer:
 
     async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes,
                         writer: asyncio.StreamWriter) -> bool:
+        if method == "GET" and path.rstrip("/").endswith("/stats"):  # for benchmarks
+            with self._lock:
+                stats = {"count": self.count, "max_in_flight_seen": self.max_in_flight_seen,
+                         "connections": self.connections}
+            self._write(writer, 200, json.dumps(stats).encode())
+            await writer.drain()
+            return True
         if method == "GET" and path.rstrip("/").endswith("/models"):
             self._write(writer, 200, json.dumps({"object": "list", "data": []}).encode())
             await writer.drain()

@@ -13,12 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 
 _MAX_HEADER = 64 * 1024
+T = TypeVar("T")
+
+
+async def _within(aw: Awaitable[T], seconds: float | None) -> T:
+    """Await with a deadline (asyncio.timeout where available: no extra task per call)."""
+    if seconds is None:
+        return await aw
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await aw
+    return await asyncio.wait_for(aw, seconds)
 
 
 @dataclass(eq=False)
@@ -60,7 +74,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         kwargs = {"ssl": self._ssl_context(), "server_hostname": host} if scheme == "https" else {}
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await _within(
                 asyncio.open_connection(host, port, limit=_MAX_HEADER * 4, **kwargs), timeout)
         except asyncio.TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
@@ -82,10 +96,13 @@ class Http1Transport(httpx.AsyncBaseTransport):
             head += k + b": " + v + b"\r\n"
         head += b"\r\n"
         payload = bytes(head) + body
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeouts.get("pool"))
-        except asyncio.TimeoutError:
-            raise httpx.PoolTimeout("no free connection in time") from None
+        if self._slots.locked():
+            try:
+                await _within(self._slots.acquire(), timeouts.get("pool"))
+            except asyncio.TimeoutError:
+                raise httpx.PoolTimeout("no free connection in time") from None
+        else:
+            await self._slots.acquire()  # free slot: returns at once
         try:
             for _ in range(2):
                 conn = self._take(origin)
@@ -121,9 +138,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         try:
             conn.writer.write(payload)
             try:
-                coro = self._read_response(conn)
-                status, headers, content, keep, got_bytes = (
-                    await asyncio.wait_for(coro, timeout) if timeout else await coro)
+                status, headers, content, keep, got_bytes = await _within(
+                    self._read_response(conn), timeout or None)
             except asyncio.TimeoutError:
                 raise httpx.ReadTimeout(f"no complete response within {timeout:g} s") from None
             except (asyncio.IncompleteReadError, ConnectionError) as e:
