@@ -167,3 +167,39 @@ def test_retry_after_headers_are_understood():
     assert retry_after_from({"x-ratelimit-remaining-requests": "5",
                              "x-ratelimit-reset-requests": "1s"}) is None
     assert parse_duration("1m30s") == 90.0 and parse_duration("later") is None
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("transport", ["fast", "httpx"])
+def test_https_endpoints_are_verified_and_used(tls_files, monkeypatch, transport):
+    import ssl
+
+    cert, key = tls_files
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    with ChatServer(ssl_context=ctx) as srv:
+        assert srv.base_url.startswith("https://")
+        t = TeacherConfig(model="m", base_url=srv.base_url, max_in_flight=2, max_retries=0,
+                          http_transport=transport)
+        # Not trusted: the certificate is refused, nothing is answered.
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        refused = Engine({"t": t}, None, progress=False).run(_requests(1))
+        assert refused.failures == 1 and "connection error" in refused.generations[0].error
+        # Trusted through SSL_CERT_FILE (as for a private CA): answered over TLS.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        ok = Engine({"t": t}, None, progress=False).run(_requests(3))
+        assert ok.failures == 0 and srv.count == 3
+        assert all(g.text.endswith("<answer>A</answer>") for g in ok.generations)

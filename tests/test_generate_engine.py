@@ -270,6 +270,13 @@ def test_in_flight_limit_is_respected(tmp_path):
         assert srv.count == 12
 
 
+def test_requests_per_minute_limit_paces_the_endpoint(server, tmp_path):
+    run(teacher(server, requests_per_minute=600), requests(8), tmp_path / "c")  # one per 0.1 s
+    times = sorted(r.at for r in server.received)
+    assert len(times) == 8
+    assert times[-1] - times[0] >= 0.65  # seven gaps of 0.1 s, minus clock slack
+
+
 class _FakeClock:
     def __init__(self):
         self.now = 100.0

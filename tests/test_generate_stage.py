@@ -193,6 +193,9 @@ def test_api_key_is_written_nowhere(server, tmp_path, monkeypatch, caplog):
     for p in files:
         assert secret.encode() not in p.read_bytes(), p
     assert secret not in caplog.text
+    from medrecipe.generate import Engine, make_backend
+
+    assert secret not in repr(make_backend(cfg)) and secret not in repr(Engine({"t": cfg}, None))
     errors = [r["error"] for r in run.read_table("generations").to_pylist() if r["error"]]
     assert errors and all("Bearer ***" in e for e in errors)
 

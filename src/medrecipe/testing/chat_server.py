@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import ssl
 import sys
 import threading
 import time
@@ -95,6 +96,7 @@ class ChatServer:
     max_n: int | None = None  # larger n -> HTTP 400 (an endpoint without native n)
     choices_cap: int | None = None  # return at most this many choices, whatever n asks
     chunked: bool = False  # send bodies with Transfer-Encoding: chunked
+    ssl_context: ssl.SSLContext | None = None  # serve HTTPS with this server context
     record: bool = True
     host: str = "127.0.0.1"
     port: int = 0
@@ -114,7 +116,8 @@ class ChatServer:
     # ------------------------------------------------------------------ control
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/v1"
 
     def inject(self, kind: str, times: int = 1, retry_after: float | None = None,
                match: Callable[[dict[str, Any]], bool] | None = None,
@@ -148,7 +151,8 @@ class ChatServer:
             self._loop = loop
             asyncio.set_event_loop(loop)
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, self.host, self.port, backlog=4096))
+                asyncio.start_server(self._handle, self.host, self.port, backlog=4096,
+                                     ssl=self.ssl_context))
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
             try:
