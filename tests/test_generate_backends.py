@@ -203,3 +203,11 @@ def test_https_endpoints_are_verified_and_used(tls_files, monkeypatch, transport
         ok = Engine({"t": t}, None, progress=False).run(_requests(3))
         assert ok.failures == 0 and srv.count == 3
         assert all(g.text.endswith("<answer>A</answer>") for g in ok.generations)
+
+
+def test_an_endpoint_that_never_answers_stops_the_run():
+    with ChatServer() as srv:
+        url = srv.base_url  # closed again: every connection is refused
+    t = TeacherConfig(model="m", base_url=url, max_retries=0, max_in_flight=8)
+    with pytest.raises(UserError, match="100 requests in a row failed.*connection error"):
+        Engine({"t": t}, None, progress=False).run(_requests(400))

@@ -308,16 +308,31 @@ class _Run:
             else:
                 for ordinal, req in enumerate(requests):
                     await self._admit(req, ordinal)
-        finally:
-            for t in self.teachers.values():
-                for _ in range(t.cfg.max_in_flight):
-                    await t.queue.put(None)
-            if self.workers:
-                await asyncio.gather(*self.workers, return_exceptions=False)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Interrupted: stop at once; answers already received are in the cache.
+            self.stop_reason = self.stop_reason or "interrupted"
+            for w in self.workers:
+                w.cancel()
+            await asyncio.gather(*self.workers, return_exceptions=True)
             self._flush_cache()
-            self._flush(final=True)
+            raise
+        except BaseException:
+            self.stop_reason = self.stop_reason or "error"  # queued work is skipped
+            await self._drain()
+            raise
+        await self._drain()
+        self._flush(final=True)
         if self.fatal is not None:
             raise self.fatal
+
+    async def _drain(self) -> None:
+        """Let the workers finish the calls in flight, then stop them."""
+        for t in self.teachers.values():
+            for _ in range(t.cfg.max_in_flight):
+                await t.queue.put(None)
+        if self.workers:
+            await asyncio.gather(*self.workers)
+        self._flush_cache()
 
     async def _admit(self, req: GenRequest, ordinal: int = 0) -> None:
         t = self._teacher(req.teacher)
@@ -398,8 +413,8 @@ class _Run:
             n = len(pending) if t.native else 1
             tokens_est = unit.prompt_estimate + int(t.avg_completion * n)
             await t.limiter.acquire(tokens_est)
-            if self.stop_reason == "auth" or t.tripped:
-                self._fail(t, unit, pending, self.stop_reason or "stopped")
+            if self.stop_reason in ("auth", "cache", "error") or t.tripped:
+                self.res.not_launched += len(pending)  # the run is ending with an error
                 return
             base_seed = unit.sampling.seed
             call = ChatRequest(messages=req.messages, model=cfg.model, sampling=unit.sampling,
