@@ -211,3 +211,16 @@ def test_an_endpoint_that_never_answers_stops_the_run():
     t = TeacherConfig(model="m", base_url=url, max_retries=0, max_in_flight=8)
     with pytest.raises(UserError, match="100 requests in a row failed.*connection error"):
         Engine({"t": t}, None, progress=False).run(_requests(400))
+
+
+def test_proxy_environment_variables_are_honoured(monkeypatch):
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with ChatServer() as proxy:  # answers proxied requests itself
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+        t = TeacherConfig(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0)
+        res = Engine({"t": t}, None, progress=False).run(_requests(2))
+        assert res.failures == 0 and proxy.count == 2
+        # A proxied request names the full target URL.
+        assert proxy.received[0].path == "http://127.0.0.1:9/v1/chat/completions"

@@ -94,6 +94,19 @@ def retry_after_from(headers: httpx.Headers | dict[str, str]) -> float | None:
     return max(waits) if waits else None
 
 
+def _environment_proxies() -> dict[str, str | None]:
+    """Proxy mounts from HTTP(S)_PROXY / ALL_PROXY / NO_PROXY, read the way httpx reads them."""
+    try:
+        from httpx._utils import get_environment_proxies
+    except ImportError:  # a future httpx moved it: use the standard library's reading
+        from urllib.request import getproxies
+
+        found = getproxies()
+        return {f"{k}://": (v if "://" in v else f"http://{v}")
+                for k, v in found.items() if k in ("http", "https", "all") and v}
+    return get_environment_proxies()
+
+
 class OpenAICompatBackend:
     """Chat completions against any OpenAI-compatible endpoint."""
 
@@ -149,9 +162,16 @@ class OpenAICompatBackend:
             # One TLS context for all clients: building one costs ~20 ms of CPU.
             ssl_ctx = httpx.create_ssl_context()
             if self.transport == "fast":
+                # httpx ignores proxy variables when given a transport: mount them ourselves,
+                # with httpx's own transport for proxied origins.
+                mounts = {pattern: None if url is None else httpx.AsyncHTTPTransport(
+                              proxy=url, verify=ssl_ctx,
+                              limits=httpx.Limits(max_connections=self.teacher.max_in_flight))
+                          for pattern, url in _environment_proxies().items()}
                 self._clients = [httpx.AsyncClient(
                     headers=self._headers, timeout=self._timeout, params=self._params,
-                    transport=Http1Transport(self.teacher.max_in_flight, ssl_ctx))]
+                    transport=Http1Transport(self.teacher.max_in_flight, ssl_ctx),
+                    mounts=mounts)]
             else:
                 limits = httpx.Limits(max_connections=self._per_shard,
                                       max_keepalive_connections=self._per_shard,
