@@ -226,7 +226,8 @@ def _teachers_hash(ctx: Context) -> str:
     # The price table and limits do not change answers; leave them out of the fingerprint.
     teach = {n: r.teachers[n].model_dump(
         mode="json", exclude={"price", "max_in_flight", "requests_per_minute",
-                              "tokens_per_minute", "max_retries", "timeout_s"})
+                              "tokens_per_minute", "max_retries", "timeout_s", "backoff_base_s",
+                              "backoff_max_s", "http_transport"})
         for n in used if n in r.teachers}
     return config_hash({"teachers": teach, "templates": tpl,
                         "generate": r.generate.model_dump(mode="json", exclude={"budget_usd"})})
@@ -245,7 +246,12 @@ def generate(ctx: Context, upstream: str) -> str:
     ran, rec = run_stage(ctx.run, "generate", _teachers_hash(ctx), {"items": upstream},
                          ["generations"], body, force=ctx.forced("generate"))
     x = rec.extra
-    status = "done" if rec.complete else "[yellow]stopped early (budget); re-run to continue[/yellow]"
+    if rec.complete:
+        status = "done"
+    elif x.get("stopped") == "budget":
+        status = "[yellow]stopped at the budget cap; re-run to continue[/yellow]"
+    else:
+        status = "[yellow]done with failed requests; re-run to retry them[/yellow]"
     ctx.log(f"generate: {status if ran else 'up to date'}, {rec.rows.get('generations', 0)} "
             f"generations" + (f", {x.get('cached', 0)} from cache, {x.get('failures', 0)} failed, "
                               f"${x.get('spend_usd', 0):.4f} spent" if ran else "")
@@ -378,8 +384,8 @@ def run_recipe(ctx: Context) -> RunOutcome:
     items_fp = annotate(ctx, items_fp)
     gen_fp = generate(ctx, items_fp)
     gen_rec = ctx.run.stage("generate")
-    if gen_rec is not None and not gen_rec.complete:
-        ctx.log("[yellow]generation stopped early (budget cap); later stages use what was "
+    if gen_rec is not None and gen_rec.extra.get("stopped") == "budget":
+        ctx.log("[yellow]generation stopped at the budget cap; later stages use what was "
                 "generated so far. Re-run to continue from the cache.[/yellow]")
     grade_fp = grade(ctx, gen_fp)
     sel_fp = select(ctx, items_fp, grade_fp)
