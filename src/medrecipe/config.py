@@ -60,6 +60,7 @@ class ImageDedupConfig(_Model):
     against: list[str] | None = None  # None: every benchmark source
     near_duplicates: bool = False
     hamming_threshold: int = Field(default=4, ge=0, le=64)
+    remove_near_duplicates: bool = False  # near duplicates are reported; remove them too?
 
 
 class ResizeConfig(_Model):
@@ -67,6 +68,7 @@ class ResizeConfig(_Model):
     factor: int = 28
     min_pixels: int = 56 * 56
     max_pixels: int = 262_144
+    workers: int | None = None  # decoding threads (default: up to 8, one per core)
 
 
 class BalanceConfig(_Model):

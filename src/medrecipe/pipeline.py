@@ -20,7 +20,7 @@ import pyarrow as pa
 
 import medrecipe
 from medrecipe.config import Recipe, SourceSpec, config_hash
-from medrecipe.console import RunLog, counting_progress
+from medrecipe.console import RunLog, counting_progress, progress_enabled
 from medrecipe.images import ImageStore
 from medrecipe.schema import ITEM_SCHEMA, QuarantineRow
 from medrecipe.store import Run, StageResult, run_stage
@@ -170,7 +170,7 @@ def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
         ctx.run.write_quarantine("prepare", result.quarantine)
         return StageResult(rows={"items": result.items.num_rows,
                                  "removed": len(result.quarantine)},
-                           extra={"removed": result.counts})
+                           extra={"removed": result.counts, **result.details})
 
     ran, rec = run_stage(ctx.run, "prepare", config_hash(r.prepare), inputs, ["items"], body,
                          force=ctx.forced("prepare"))
@@ -345,6 +345,10 @@ def export(ctx: Context, upstream: str) -> tuple[str, dict[str, str]]:
     out = ctx.run.root / "export"
 
     def body() -> StageResult:
+        if not progress_enabled(ctx.progress):
+            import datasets
+
+            datasets.disable_progress_bars()
         paths = export_selected({"train": ctx.run.read_table(SELECTED_TRAIN),
                                  "val": ctx.run.read_table(SELECTED_VAL)}, out, ctx.images, r.export)
         return StageResult(rows={"train": ctx.run.num_rows(SELECTED_TRAIN),

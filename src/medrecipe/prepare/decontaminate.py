@@ -1,0 +1,483 @@
+"""Word n-gram overlap between training questions and benchmark questions (exact, vectorised).
+
+Definition (the reference implementation in the tests follows it word for word):
+
+* **Words.** A text is normalised with Unicode NFKC, lower-cased with ``str.lower``, and
+  its words are the maximal runs of word characters, i.e. ``re.findall(r"\\w+", text)``
+  with Python's Unicode ``\\w`` (``str.isalnum()`` characters and the underscore).
+  Everything else -- whitespace, punctuation, symbols, combining marks -- only separates
+  words, so ``"Fever, 38.5 °C!"`` has the words ``fever 38 5 c``.
+* **n-grams.** The n-grams of a text are its runs of ``n`` consecutive words. A text with
+  fewer than ``n`` words has no n-grams and never overlaps anything: a short stem such as
+  "What is shown in this image?" is not evidence of contamination (images are compared
+  by the image dedup step instead).
+* **Overlap.** A training row overlaps a benchmark when one of its n-grams is an n-gram of
+  one of that benchmark's texts. A row or a benchmark entry may carry several texts
+  ("views", e.g. the stem and the stem with its options); any view counts.
+
+How the production path is fast and still exact: a batch of texts becomes one byte
+buffer (ASCII texts as they are, other texts normalised and lower-cased in Python first);
+word characters are found with a few vectorised byte comparisons (a code-point table for
+multi-byte UTF-8 characters); each word is hashed from its bytes (8-byte windows) and each
+n-gram from its word hashes with a polynomial hash evaluated by prefix sums (numpy,
+arithmetic modulo 2**64). The benchmark hashes are sorted once; a training batch is first
+screened with a byte map over the hashes' top bits, the few survivors are looked up with
+``np.searchsorted``, and every hash hit is compared word by word (bytes) with the benchmark
+n-gram, so a hash collision can neither add nor lose a flag.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+_WORD_RE = re.compile(r"\w+")
+_U64 = np.uint64
+_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=_U64)
+_PAD = 24  # zero bytes after a buffer, so the 8-byte reads of _word_hashes stay inside
+
+Texts = Sequence[str | None] | pa.Array | pa.ChunkedArray
+
+
+def words(text: str | None) -> list[str]:
+    """The words of a text under the decontamination definition (NFKC, lower, \\w+ runs)."""
+    if not text:
+        return []
+    return _WORD_RE.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def normalize_text(text: str | None) -> str:
+    """A text's words joined by single spaces (the canonical form that n-grams are taken from)."""
+    return " ".join(words(text))
+
+
+@functools.cache
+def _word_codepoints() -> np.ndarray:
+    """Bool per Unicode code point: is it a regex word character (isalnum, or "_")."""
+    table = np.frombuffer(bytes(chr(c).isalnum() for c in range(0x110000)), dtype=bool).copy()
+    table[ord("_")] = True
+    return table
+
+
+# --------------------------------------------------------------------------- tokenised batches
+
+
+@dataclass
+class _Batch:
+    """Texts laid out in one byte buffer, with the position of every word.
+
+    ``buf`` holds the lower-cased bytes with every non-word byte set to 0; text i starts at
+    ``text_start[i]`` (texts are separated by at least one 0 byte). Word k occupies
+    ``buf[ws[k]:we[k]]``; ``first_word[i]`` is the index of text i's first word
+    (``first_word[-1]`` is the number of words).
+    """
+
+    buf: np.ndarray
+    text_start: np.ndarray
+    ws: np.ndarray
+    we: np.ndarray
+    first_word: np.ndarray
+
+    def text_of_word(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.first_word) - 1), np.diff(self.first_word))
+
+    def words_of(self, k: int, n: int) -> str:
+        """Words k .. k+n-1 joined by spaces."""
+        return " ".join(self.buf[self.ws[j]:self.we[j]].tobytes().decode("utf-8")
+                        for j in range(k, k + n))
+
+
+def _to_list(texts: Texts) -> list:
+    if isinstance(texts, pa.ChunkedArray | pa.Array):
+        return texts.to_pylist()
+    return texts if isinstance(texts, list) else list(texts)
+
+
+# bytes.translate table: ASCII letters to lower case, other ASCII word characters kept,
+# every other ASCII byte to 0 (a separator). Bytes >= 128 are kept; multi-byte characters
+# that are not word characters are zeroed afterwards (_clear_non_word_chars).
+_TRANSLATE = bytes(
+    (c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or 48 <= c <= 57 or c == 95 or c >= 128) else 0)
+    for c in range(256))
+
+
+def tokenize_batch(texts: Texts) -> _Batch:
+    """Lay a batch of texts out in one buffer and find their words (vectorised)."""
+    chunks: list[bytes] = [b""]  # a leading empty piece: the buffer starts with a separator
+    add = chunks.append
+    ascii_only = True
+    for t in _to_list(texts):
+        if not t:
+            add(b"")
+        elif t.isascii():  # O(1) in CPython; ASCII needs no Unicode work at all
+            add(t.encode())
+        else:
+            add(unicodedata.normalize("NFKC", t).lower().encode())
+            ascii_only = False
+    lengths = np.fromiter(map(len, chunks), np.int64, len(chunks))
+    chunks.append(b"\0" * _PAD)
+    joined = b"\n".join(chunks).translate(_TRANSLATE)
+    buf = np.frombuffer(joined, dtype=np.uint8)
+    if not ascii_only:
+        buf = buf.copy()
+        _clear_non_word_chars(buf)
+    text_start = np.cumsum(lengths + 1)  # text i starts after the separator that follows i-1
+    step = np.diff((buf != 0).view(np.int8)) != 0
+    edges = np.flatnonzero(step) + 1  # word starts and ends alternate: the buffer is bounded by 0s
+    ws, we = edges[0::2], edges[1::2]
+    first_word = np.searchsorted(ws, text_start)
+    return _Batch(buf, text_start, ws, we, first_word)
+
+
+def _clear_non_word_chars(buf: np.ndarray) -> None:
+    """Zero the bytes of multi-byte UTF-8 characters that are not word characters."""
+    lead = np.flatnonzero(buf >= 0xC0)
+    if len(lead) == 0:
+        return
+    b0 = buf[lead].astype(np.int64)
+    size = np.where(b0 < 0xE0, 2, np.where(b0 < 0xF0, 3, 4))
+    cp = b0 & np.where(size == 2, 0x1F, np.where(size == 3, 0x0F, 0x07))
+    for k in range(1, 4):
+        cont = buf[np.minimum(lead + k, len(buf) - 1)].astype(np.int64) & 0x3F
+        cp = np.where(size > k, (cp << 6) | cont, cp)
+    bad = ~_word_codepoints()[np.minimum(cp, 0x10FFFF)]
+    for k in range(4):
+        buf[lead[bad & (size > k)] + k] = 0
+
+
+def _concat(batches: list[_Batch]) -> _Batch:
+    """One batch over several (buffers back to back, positions shifted)."""
+    if len(batches) == 1:
+        return batches[0]
+    boff = np.cumsum([0] + [len(x.buf) for x in batches])
+    woff = np.cumsum([0] + [len(x.ws) for x in batches])
+    return _Batch(
+        np.concatenate([x.buf for x in batches]),
+        np.concatenate([x.text_start[:-1] + o for x, o in zip(batches, boff, strict=False)]
+                       + [batches[-1].text_start[-1:] + boff[-2]]),
+        np.concatenate([x.ws + o for x, o in zip(batches, boff, strict=False)]),
+        np.concatenate([x.we + o for x, o in zip(batches, boff, strict=False)]),
+        np.concatenate([x.first_word[:-1] + o for x, o in zip(batches, woff, strict=False)]
+                       + [woff[-1:]]),
+    )
+
+
+_K1, _K2, _K3 = _U64(0x9E3779B97F4A7C15), _U64(0xC2B2AE3D27D4EB4F), _U64(0x165667B19E3779F9)
+
+
+def _word_hashes(b: _Batch) -> np.ndarray:
+    """64-bit hash of every word from its first 16 bytes and its length.
+
+    Words of up to 16 bytes are fully covered; longer words that differ only after their
+    16th byte share a hash, which the byte-wise verification of every hit makes harmless.
+    """
+    # An unaligned uint64 view at every byte offset: u[i] is buf[i:i + 8], little-endian.
+    size = len(b.buf) // 8 * 8
+    u = np.lib.stride_tricks.as_strided(b.buf[:size].view("<u8"), (size - 7,), (1,))
+    length = b.we - b.ws
+    head = u[b.ws] & _MASKS[np.minimum(length, 8)]
+    tail = u[b.ws + 8] & _MASKS[np.clip(length - 8, 0, 8)]
+    return head * _K1 + tail * _K2 + length.astype(_U64) * _K3
+
+
+def _window_poly(x: np.ndarray, n: int, base: int) -> np.ndarray:
+    """y[i] = sum_k x[i+k] * base**(n-1-k) mod 2**64 for every window of n values.
+
+    Built by doubling (windows of 1, 2, 4, ... values), so it costs O(log n) passes.
+    """
+    blocks = {1: x}
+    size, cur = 1, x
+    while size * 2 <= n:
+        cur = cur[:-size] * _U64(pow(base, size, 1 << 64)) + cur[size:]
+        size *= 2
+        blocks[size] = cur
+    out, have = None, 0
+    for size in sorted(blocks, reverse=True):
+        if have + size <= n:
+            part = blocks[size]
+            if out is None:
+                out = part
+            else:  # append a block of `size` values after the `have` values in out
+                out = out[: len(part) - have] * _U64(pow(base, size, 1 << 64)) + part[have:]
+            have += size
+    return out
+
+
+def _gram_hashes(b: _Batch, n: int, base: int, mask: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """(first word index, hash) of every n-gram that lies inside one text."""
+    count = len(b.ws) - n + 1
+    if count <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, _U64)
+    # sum_k wh[i+k] * base**(n-1-k): a polynomial over the word hashes; its top bits, which
+    # the index sorts and screens on, depend on every input bit.
+    h = _window_poly(_word_hashes(b), n, base)
+    # An n-gram lies inside one text when it starts at most n-1 words before the text's end.
+    starts, ends = b.first_word[:-1], b.first_word[1:]
+    has = ends - starts >= n
+    delta = np.zeros(count + 1, np.int64)
+    np.add.at(delta, starts[has], 1)
+    np.add.at(delta, ends[has] - n + 1, -1)
+    inside = np.flatnonzero(np.cumsum(delta[:count]))
+    return inside, h[inside] & mask
+
+
+def _same_words(a: _Batch, ka: np.ndarray, b: _Batch, kb: np.ndarray, n: int) -> np.ndarray:
+    """Whether n-gram ka[i] of batch a equals n-gram kb[i] of batch b, compared byte by byte."""
+    if len(ka) == 0:
+        return np.zeros(0, dtype=bool)
+    wa = (ka[:, None] + np.arange(n)).ravel()
+    wb = (kb[:, None] + np.arange(n)).ravel()
+    eq = _equal_spans(a.buf, a.ws[wa], a.we[wa], b.buf, b.ws[wb], b.we[wb])
+    return eq.reshape(len(ka), n).all(axis=1)
+
+
+def _equal_spans(buf_a: np.ndarray, sa: np.ndarray, ea: np.ndarray,
+                 buf_b: np.ndarray, sb: np.ndarray, eb: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Whether buf_a[sa:ea] == buf_b[sb:eb], element-wise (all spans non-empty)."""
+    out = (ea - sa) == (eb - sb)
+    idx = np.flatnonzero(out)
+    for lo in range(0, len(idx), chunk):  # chunks keep the gathered byte indices small
+        sel = idx[lo: lo + chunk]
+        ln = ea[sel] - sa[sel]
+        first = np.concatenate([[0], np.cumsum(ln)[:-1]])
+        ramp = np.arange(int(ln.sum())) - np.repeat(first, ln)
+        same = buf_a[np.repeat(sa[sel], ln) + ramp] == buf_b[np.repeat(sb[sel], ln) + ramp]
+        out[sel] = np.logical_and.reduceat(same, first)
+    return out
+
+
+def normalize_texts(texts: Texts) -> pa.LargeStringArray:
+    """Each text's words joined by single spaces (vectorised :func:`normalize_text`)."""
+    b = tokenize_batch(texts)
+    nt = len(b.text_start) - 1
+    if len(b.ws) == 0:
+        return pa.array([""] * nt, type=pa.large_string())
+    tw = b.text_of_word()
+    keep = b.buf != 0
+    between = np.flatnonzero(tw[1:] == tw[:-1])  # word k is followed by a word of its text
+    out = b.buf.copy()
+    out[b.we[between]] = 32  # the first separator byte after such a word becomes a space
+    keep[b.we[between]] = True
+    # Every kept byte of text i lies inside its slot, so offsets are kept-byte counts.
+    csum = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+    offsets = csum[b.text_start]
+    data = out[keep]
+    return pa.LargeStringArray.from_buffers(nt, pa.py_buffer(offsets), pa.py_buffer(data.tobytes()))
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Overlaps:
+    """Per training row: which benchmarks it shares an n-gram with, and one shared n-gram.
+
+    ``matches[i, j]`` is True when training row i overlaps benchmark ``benchmarks[j]``;
+    ``flags`` is the row-wise any; ``evidence[i]`` is the first shared n-gram of row i (its
+    words joined by spaces), or None for a clean row.
+    """
+
+    benchmarks: list[str]
+    matches: np.ndarray
+    evidence: list[str | None] = field(default_factory=list)
+
+    @property
+    def flags(self) -> np.ndarray:
+        """Bool per training row: overlaps at least one benchmark."""
+        return self.matches.any(axis=1)
+
+    def column(self, benchmark: str) -> np.ndarray:
+        """Bool per training row: overlaps this benchmark."""
+        return self.matches[:, self.benchmarks.index(benchmark)]
+
+    def benchmarks_of(self, row: int) -> list[str]:
+        """Names of the benchmarks training row `row` overlaps, in benchmark order."""
+        return [self.benchmarks[j] for j in np.flatnonzero(self.matches[row])]
+
+    def __len__(self) -> int:
+        return len(self.matches)
+
+
+def _flatten_views(texts) -> tuple[list, np.ndarray, int]:
+    """(texts of every view, the row index of each view, number of rows)."""
+    rows_in = _to_list(texts)
+    if all(t is None or isinstance(t, str) for t in rows_in):
+        return rows_in, np.arange(len(rows_in)), len(rows_in)
+    flat: list[str | None] = []
+    rows: list[int] = []
+    for i, t in enumerate(rows_in):
+        views = [t] if t is None or isinstance(t, str) else list(t)
+        flat.extend(views)
+        rows.extend([i] * len(views))
+    return flat, np.asarray(rows, dtype=np.int64), len(rows_in)
+
+
+_BIT = np.array([1, 2, 4, 8, 16, 32, 64, 128], dtype=np.uint8)
+
+
+class NgramIndex:
+    """The n-grams of one or more benchmarks, built once and queried with training batches.
+
+    `hash_bits` below 64 deliberately weakens the hash (the tests use it to force
+    collisions; results stay exact because every hit is verified byte by byte).
+    """
+
+    def __init__(self, bench_texts: Mapping[str, Sequence] | Sequence, n: int = 16,
+                 hash_bits: int = 64, seed: int = 0x5EED, batch_size: int = 2048):
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self.n = n
+        # Weakening keeps the top bits, which are the ones the index sorts and screens on.
+        self.mask = _U64(((1 << 64) - 1) ^ ((1 << (64 - min(hash_bits, 64))) - 1))
+        rng = np.random.default_rng(seed)
+        self._base = int(rng.integers(1 << 40, 1 << 62)) * 2 + 1
+        named = ({str(k): v for k, v in bench_texts.items()} if isinstance(bench_texts, Mapping)
+                 else {"benchmark": bench_texts})
+        self.benchmarks = list(named)
+        flat: list[str | None] = []
+        text_bench: list[int] = []
+        for j, texts in enumerate(named.values()):
+            views, _rows, _count = _flatten_views(texts)
+            flat.extend(views)
+            text_bench.extend([j] * len(views))
+        # Tokenise and hash in batches (cache-sized arrays are several times faster), then
+        # keep one concatenated batch for the byte-wise verification of hits.
+        batches = [tokenize_batch(flat[i: i + batch_size])
+                   for i in range(0, len(flat), batch_size)] or [tokenize_batch([])]
+        firsts, hashes, offset = [], [], 0
+        for x in batches:
+            f, h = _gram_hashes(x, n, self._base, self.mask)
+            firsts.append(f + offset)
+            hashes.append(h)
+            offset += len(x.ws)
+        self._batch = b = _concat(batches)
+        first, h = np.concatenate(firsts), np.concatenate(hashes)
+        m = len(h)
+        self.num_grams = m
+        # Sort (hash, first word) packed in one uint64: the low bits carry the n-gram's first
+        # word, so a plain np.sort replaces a much slower argsort plus gathers; hash bits given
+        # up to the word index only make candidates a little more frequent, and every
+        # candidate is verified anyway.
+        self._slot_bits = max(1, len(b.ws).bit_length())
+        self._hi_mask = _U64(((1 << 64) - 1) ^ ((1 << self._slot_bits) - 1))
+        keys = (h & self._hi_mask) | first.astype(_U64)
+        keys.sort()
+        hi = keys & self._hi_mask
+        gram_first = (keys & ~self._hi_mask).astype(np.int64)
+        # Benchmarks own contiguous runs of texts, hence of words.
+        texts_per_bench = np.bincount(np.asarray(text_bench, np.int64), minlength=len(self.benchmarks))
+        bench_first_word = b.first_word[np.concatenate([[0], np.cumsum(texts_per_bench)[:-1]])]
+
+        def bench_of(word: np.ndarray) -> np.ndarray:
+            return np.searchsorted(bench_first_word, word, side="right") - 1
+
+        new_group = np.ones(m, dtype=bool)
+        new_group[1:] = hi[1:] != hi[:-1]
+        rep = np.flatnonzero(new_group)
+        self._hi, self._rep_first = (hi, gram_first) if len(rep) == m else (hi[rep], gram_first[rep])
+        # Later members of a group are either the same n-gram again (another text or another
+        # benchmark has it) or a true hash collision, which goes to a small exact side table.
+        later = np.flatnonzero(~new_group)
+        later_group = np.searchsorted(rep, later, side="right") - 1
+        same = _same_words(b, gram_first[later], b, gram_first[rep[later_group]], n)
+        later_bench = bench_of(gram_first[later])
+        nb = max(1, len(self.benchmarks))
+        pairs = np.arange(len(rep), dtype=np.int64) * nb + bench_of(self._rep_first)
+        if same.any():
+            pairs = np.sort(np.concatenate([pairs, later_group[same] * nb + later_bench[same]]))
+            pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
+        self._pair_bench = pairs % nb
+        self._group_ptr = np.concatenate([[0], np.cumsum(np.bincount(pairs // nb, minlength=len(rep)))])
+        self._collided: dict[int, list[tuple[str, set[int]]]] = {}
+        for i in np.flatnonzero(~same):
+            gram = b.words_of(int(gram_first[later[i]]), n)
+            entries = self._collided.setdefault(int(hi[later[i]]), [])
+            for g, benches in entries:
+                if g == gram:
+                    benches.add(int(later_bench[i]))
+                    break
+            else:
+                entries.append((gram, {int(later_bench[i])}))
+        self._collided_keys = np.array(sorted(self._collided), dtype=_U64)
+        # A bit set over the top hash bits (1-3% full) rejects most misses with one read.
+        size_bits = int(np.clip(max(len(rep), 1).bit_length() + 6, 16, 31))
+        self._shift = _U64(64 - size_bits)
+        self._bits = np.zeros(1 << (size_bits - 3), dtype=np.uint8)
+        top = (self._hi >> self._shift).astype(np.intp)  # sorted, as self._hi is
+        if len(top):
+            byte = top >> 3
+            first_of_byte = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+            self._bits[byte[first_of_byte]] = np.bitwise_or.reduceat(_BIT[top & 7], first_of_byte)
+
+    def query(self, train_texts: Texts | Sequence[Sequence[str]], batch_size: int = 2048) -> Overlaps:
+        """Overlaps of training rows (each a text or a sequence of texts) with the benchmarks."""
+        flat, row_of, n_rows = _flatten_views(train_texts)
+        matches = np.zeros((n_rows, len(self.benchmarks)), dtype=bool)
+        evidence: list[str | None] = [None] * n_rows
+        for lo in range(0, len(flat), batch_size):
+            self._query_batch(flat[lo: lo + batch_size], row_of[lo: lo + batch_size], matches, evidence)
+        return Overlaps(list(self.benchmarks), matches, evidence)
+
+    def _query_batch(self, texts: list, rows: np.ndarray, matches: np.ndarray,
+                     evidence: list[str | None]) -> None:
+        if len(self._hi) == 0:
+            return
+        b = tokenize_batch(texts)
+        first, h = _gram_hashes(b, self.n, self._base, self.mask)
+        h &= self._hi_mask
+        top = (h >> self._shift).astype(np.intp)
+        keep = np.flatnonzero(self._bits[top >> 3] & _BIT[top & 7])
+        if len(keep) == 0:
+            return
+        # Sorted needles make the binary searches cache-friendly (several times faster).
+        keep = keep[np.argsort(h[keep])]
+        first, h = first[keep], h[keep]
+        pos = np.searchsorted(self._hi, h)
+        pos[pos == len(self._hi)] = 0
+        cand = np.flatnonzero(self._hi[pos] == h)
+        g = pos[cand]
+        ok = _same_words(b, first[cand], self._batch, self._rep_first[g], self.n)
+        cand, g = cand[ok], g[ok]
+        counts = self._group_ptr[g + 1] - self._group_ptr[g]
+        ptr = np.repeat(self._group_ptr[g], counts) + (
+            np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
+        hit_gram = [np.repeat(first[cand], counts)]
+        hit_bench = [self._pair_bench[ptr]]
+        if len(self._collided_keys):
+            for c in np.flatnonzero(np.isin(h, self._collided_keys)):
+                gram = b.words_of(int(first[c]), self.n)
+                for g_words, benches in self._collided[int(h[c])]:
+                    if g_words == gram:
+                        hit_gram.append(np.full(len(benches), first[c], np.int64))
+                        hit_bench.append(np.fromiter(benches, np.int64))
+        grams = np.concatenate(hit_gram)
+        if len(grams) == 0:
+            return
+        text = b.text_of_word()[grams]
+        matches[rows[text], np.concatenate(hit_bench)] = True
+        # Evidence: the earliest shared n-gram of each row (views in order, then position).
+        order = np.lexsort((grams, text))
+        grams, text = grams[order], text[order]
+        for i in np.flatnonzero(np.r_[True, rows[text[1:]] != rows[text[:-1]]]):
+            row = int(rows[text[i]])
+            if evidence[row] is None:
+                evidence[row] = b.words_of(int(grams[i]), self.n)
+
+
+def find_overlaps(train_texts: Texts | Sequence[Sequence[str]],
+                  bench_texts: Mapping[str, Sequence] | Sequence, n: int = 16,
+                  batch_size: int = 2048) -> Overlaps:
+    """Per training row, whether it shares a word n-gram with each benchmark (see module doc).
+
+    `train_texts`: one text per row, or one sequence of texts (views) per row, or an Arrow
+    string array. `bench_texts`: {benchmark name: texts} or a plain list (one benchmark
+    named "benchmark"); its entries may be texts or sequences of views too. Returns an
+    :class:`Overlaps`.
+    """
+    return NgramIndex(bench_texts, n=n).query(train_texts, batch_size=batch_size)

@@ -1,0 +1,116 @@
+"""`medrecipe run` end to end against a local chat-completions server: resumable, cached,
+re-runs only what a config change touches, and never pays for a request twice."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from medrecipe import pipeline
+from medrecipe.config import load_recipe
+from medrecipe.testing.chat_server import ChatServer
+
+
+def _responder(body, index):
+    """Even samples answer A (right), odd samples B (wrong); one question never closes <think>."""
+    text = json.dumps(body["messages"])
+    if "never finishes" in text:
+        return {"content": "<think>I keep thinking about this", "finish_reason": "length"}
+    letter = "A" if index % 2 == 0 else "B"
+    return f"<think>Reasoning about sample {index} in some detail.</think>\n<answer>{letter}</answer>"
+
+
+@pytest.fixture()
+def recipe_file(tmp_path):
+    Image.new("RGB", (64, 48), (30, 120, 200)).save(tmp_path / "scan.png")
+    train = [{"id": f"t{i}", "question": f"Training question number {i} about renal physiology?",
+              "options": ["right", "wrong", "other"], "answer": "A"} for i in range(6)]
+    train.append({"id": "img", "question": "Which modality shows this picture?",
+                  "options": ["CT", "MRI"], "answer": "A", "images": ["scan.png"]})
+    train.append({"id": "loop", "question": "A question whose answer never finishes?",
+                  "options": ["x", "y"], "answer": "A"})
+    leak = ("a sixty year old woman presents with sudden painless loss of vision in one eye "
+            "and a cherry red spot on fundoscopy what is the diagnosis")
+    train.append({"id": "leak", "question": leak.capitalize() + "?", "options": ["CRAO", "CRVO"],
+                  "answer": "A"})
+    bench = [{"id": "b0", "question": "Bench: " + leak + "?", "options": ["CRAO", "CRVO"],
+              "answer": "A"}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in train) + "\n")
+    (tmp_path / "bench.jsonl").write_text("\n".join(json.dumps(r) for r in bench) + "\n")
+
+    def write(base_url: str, **select):
+        data = {
+            "name": "e2e", "run_dir": str(tmp_path / "run"),
+            "sources": [{"name": "train", "adapter": "generic", "path": "train.jsonl"},
+                        {"name": "bench", "adapter": "generic", "path": "bench.jsonl",
+                         "role": "benchmark"}],
+            "prepare": {"decontaminate": {"against": ["bench"], "n": 16}},
+            "teachers": {"t": {"model": "local-model", "base_url": base_url,
+                               "api_key_env": "E2E_KEY", "template": "long_reasoning",
+                               "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}},
+            "generate": {"n": 4, "routes": {"*": "t"}},
+            "select": {"cap_per_question": 2, **select},
+            "export": {"formats": ["llamafactory", "trl", "jsonl"]},
+        }
+        p = tmp_path / "recipe.yaml"
+        p.write_text(yaml.safe_dump(data))
+        return p
+
+    return write
+
+
+def _run(path):
+    recipe, raw = load_recipe(path)
+    ctx = pipeline.open_context(recipe, raw, progress=False, echo=False)
+    return ctx, pipeline.run_recipe(ctx)
+
+
+def test_recipe_runs_end_to_end_and_reruns_for_free(recipe_file, monkeypatch):
+    monkeypatch.setenv("E2E_KEY", "sk-e2e-secret-0123456789")
+    with ChatServer(responder=_responder) as srv:
+        path = recipe_file(srv.base_url)
+        ctx, out = _run(path)
+        first = srv.count
+        run = ctx.run
+
+        # The benchmark-overlapping question was removed before any request was made.
+        items = run.read_table("items").column("id").to_pylist()
+        assert "train/leak" not in items and len(items) == 8
+        assert first == 8  # one request per question (native n=4)
+
+        verdicts = run.read_table("verdicts").to_pylist()
+        assert len(verdicts) == 32
+        assert sum(v["terminated"] is False for v in verdicts) == 4
+        sel = run.read_table("selected_train").to_pylist()
+        # Correct samples are 0 and 2 of each answerable question, capped at 2 per question.
+        assert len(sel) == 7 * 2 and all(r["answer"] == "A" for r in sel)
+        assert all(r["target"].startswith("<think>") and "\\boxed{A: " in r["target"] for r in sel)
+
+        from datasets import load_from_disk
+
+        ds = load_from_disk(out.exports["trl"])
+        assert ds["train"].num_rows == 14
+        assert out.report is not None and out.report.exists()
+
+        # A second run makes no requests and re-runs nothing.
+        ctx2, _ = _run(path)
+        assert srv.count == first
+        assert all(ctx2.run.stage(s).finished_at == run.stage(s).finished_at
+                   for s in ("prepare", "generate", "grade", "select"))
+
+        # Changing a filter re-runs select and export only, still with no request.
+        path = recipe_file(srv.base_url, cap_per_question=1)
+        ctx3, out3 = _run(path)
+        assert srv.count == first
+        assert ctx3.run.stage("generate").finished_at == run.stage("generate").finished_at
+        assert pq.read_table(ctx3.run.path("selected_train")).num_rows == 7
+
+    # The API key is in no file of the run directory.
+    secret = b"sk-e2e-secret-0123456789"
+    for f in ctx.run.root.rglob("*"):
+        if f.is_file():
+            assert secret not in f.read_bytes(), f
