@@ -158,18 +158,25 @@ def headqa_rows():
 
 
 def headqa_features(sequence_of_struct: bool):
-    from datasets import Features, Image, Sequence, Value
+    from datasets import Features, Image, Value
 
     answer = {"aid": Value("int32"), "atext": Value("string")}
+    # The struct-of-lists layout is how older `datasets` stored Sequence({...}) columns
+    # (and how HeadQA copies saved with them still load); newer releases write a list of structs.
+    columns = {"aid": [Value("int32")], "atext": [Value("string")]}
     return Features({"name": Value("string"), "year": Value("string"), "category": Value("string"),
                      "qid": Value("int32"), "qtext": Value("string"), "ra": Value("int32"),
                      "image": Image(),
-                     "answers": Sequence(answer) if sequence_of_struct else [answer]})
+                     "answers": columns if sequence_of_struct else [answer]})
 
 
 @pytest.mark.parametrize("sequence_of_struct", [False, True])
 def test_headqa_ra_is_the_aid_of_the_right_answer(tmp_path, sequence_of_struct):
-    path = save_hf(tmp_path, headqa_rows(), headqa_features(sequence_of_struct))
+    rows = headqa_rows()
+    if sequence_of_struct:
+        rows["answers"] = [{"aid": [a["aid"] for a in ans], "atext": [a["atext"] for a in ans]}
+                           for ans in rows["answers"]]
+    path = save_hf(tmp_path, rows, headqa_features(sequence_of_struct))
     spec = SourceSpec(name="headqa", adapter="headqa", path=path, split="test")
     items, quarantine, _, store = ingest(spec, tmp_path)
     by_id = {it.id: it for it in items}

@@ -5,8 +5,8 @@ sample of each question is its own cache entry), how many calls run at once, how
 they start (requests and tokens per minute), what to do when one fails (retry with
 backoff and jitter, honouring `retry-after`; record a failed generation after the retry
 limit), what it cost, and when to stop (budget reached, credentials rejected).
-Every response is committed to the cache in the event-loop pass in which it arrives,
-so a killed run loses at most the calls that were in flight.
+Every response is committed to the cache as soon as it arrives, before its worker sends
+another request, so a killed run loses at most the calls that were in flight.
 """
 
 from __future__ import annotations
@@ -269,7 +269,6 @@ class _Run:
         self.cost_per_sample: float | None = None
         self._owned: list[Backend] = []
         self._cache_buf: list[tuple[str, dict[str, Any]]] = []
-        self._cache_flush_due = False
 
     # ------------------------------------------------------------------ setup
     def _teacher(self, name: str) -> _Teacher:
@@ -482,12 +481,11 @@ class _Run:
                    "seed": None if seed is None else seed + indices[0], "model": cfg.model}
             records.append((idx, sample_key(unit.base, idx), rec))
         if self.cache is not None:
-            # Committed at the end of this event-loop pass, before the loop polls the network
-            # again: responses that arrive together share one transaction.
+            # Committed before this worker can launch its next request: a kill at any moment
+            # loses at most the responses of requests still in flight (one commit is ~50 us
+            # in WAL mode, negligible next to a request).
             self._cache_buf.extend((key, rec) for _, key, rec in records)
-            if not self._cache_flush_due:
-                self._cache_flush_due = True
-                asyncio.get_running_loop().call_soon(self._flush_cache)
+            self._flush_cache()
         for idx, key, rec in records:
             cost = _cost(cfg.price, prompt_billed, rec["completion_tokens"])
             spent += cost
@@ -502,7 +500,6 @@ class _Run:
             self.bar.advance(k, self.res.spend_usd, self.res.failures, fetched=k)
 
     def _flush_cache(self) -> None:
-        self._cache_flush_due = False
         if not self._cache_buf or self.cache is None:
             return
         batch, self._cache_buf = self._cache_buf, []
