@@ -114,3 +114,35 @@ def test_recipe_runs_end_to_end_and_reruns_for_free(recipe_file, monkeypatch):
     for f in ctx.run.root.rglob("*"):
         if f.is_file():
             assert secret not in f.read_bytes(), f
+
+
+def test_difficulty_filter_and_annotation_in_a_run(recipe_file, monkeypatch, tmp_path):
+    """A judge rates difficulty (kept range 3-6) and a labeller fills anatomy, in one run."""
+    monkeypatch.setenv("E2E_KEY", "k")
+
+    def responder(body, index):
+        text = json.dumps(body["messages"])
+        if "response_format" in body:
+            return json.dumps({"modality": "other", "anatomy": "kidney"})
+        if "<rating>" in text:  # the difficulty judge: number i -> rating i
+            for i in range(9):
+                if f"Training question number {i} " in text:
+                    return f"<rating>{i}</rating>"
+            return "no idea"
+        return _responder(body, index)
+
+    with ChatServer(responder=responder) as srv:
+        path = recipe_file(srv.base_url)
+        data = yaml.safe_load(path.read_text())
+        data["teachers"]["judge"] = {"model": "judge-model", "base_url": srv.base_url}
+        data["select"]["difficulty"] = {"judge": "judge", "min_rating": 3, "max_rating": 5}
+        data["annotate"] = {"enabled": True, "labeller": "judge"}
+        path.write_text(yaml.safe_dump(data))
+        ctx, _ = _run(path)
+    sel = ctx.run.read_table("selected_train").to_pylist()
+    assert sorted({r["item_id"] for r in sel}) == ["train/t3", "train/t4", "train/t5"]
+    stats = ctx.run.stage("select").extra
+    # t0's "rating 0" is out of range: counted as unparsed with the two unrated questions.
+    assert stats["difficulty"]["rated"] == 5 and stats["difficulty"]["unparsed"] == 3
+    items = {r["id"]: r for r in ctx.run.read_table("items").to_pylist()}
+    assert items["train/t0"]["anatomy"] == "kidney"
