@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medrecipe.errors import RecipeError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Model(BaseModel):
@@ -302,36 +304,51 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in parts)
 
 
-def recipe_from_data(data: Any, path: str | None = None) -> Recipe:
-    """Validate recipe data, raising RecipeError that lists every problem with its path."""
+def validate_model(cls: type[M], data: Any, path: str | None = None, what: str = "recipe") -> M:
+    """Validate data into `cls`, raising RecipeError that lists every problem with its path."""
     if not isinstance(data, dict):
-        raise RecipeError([("", "the recipe must be a YAML mapping")], path)
+        raise RecipeError([("", f"the {what} must be a YAML mapping")], path)
     try:
-        return Recipe.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
         problems = [(_loc(err["loc"]), err["msg"].removeprefix("Value error, ")) for err in e.errors()]
         raise RecipeError(problems, path) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, Any]]:
-    """Read, override and validate a recipe file; returns the model and the raw data."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None) -> tuple[Any, Path]:
+    """YAML data of a config file with dotted overrides applied, and the file's folder."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise RecipeError([("", f"file not found: {p}")], str(p))
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError([("", f"not valid YAML: {e}")], str(p)) from None
-    data = apply_overrides(data, overrides or [])
-    recipe = recipe_from_data(data, str(p))
+    if isinstance(data, dict):
+        data = apply_overrides(data, overrides or [])
+    return data, p.resolve().parent
+
+
+def resolve_path(value: str | None, base: Path) -> str | None:
+    """A relative path that exists next to the config file, made absolute; else unchanged."""
+    if value and not Path(value).is_absolute() and (base / value).exists():
+        return str(base / value)
+    return value
+
+
+def recipe_from_data(data: Any, path: str | None = None) -> Recipe:
+    """Validate recipe data, raising RecipeError that lists every problem with its path."""
+    return validate_model(Recipe, data, path)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, Any]]:
+    """Read, override and validate a recipe file; returns the model and the raw data."""
+    data, base = read_yaml(path, overrides)
+    recipe = recipe_from_data(data, str(path))
     # Relative data paths resolve against the recipe file's folder, so recipes are portable.
-    base = p.resolve().parent
     for s in recipe.sources:
-        for attr in ("path", "image_root"):
-            v = getattr(s, attr)
-            if v and not Path(v).is_absolute() and (base / v).exists():
-                setattr(s, attr, str(base / v))
+        s.path = resolve_path(s.path, base)
+        s.image_root = resolve_path(s.image_root, base)
     for t in recipe.teachers.values():
-        if t.replay_path and not Path(t.replay_path).is_absolute() and (base / t.replay_path).exists():
-            t.replay_path = str(base / t.replay_path)
+        t.replay_path = resolve_path(t.replay_path, base)
     return recipe, data

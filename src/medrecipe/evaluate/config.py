@@ -17,11 +17,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medrecipe.config import SourceSpec, TeacherConfig, apply_overrides
-from medrecipe.errors import RecipeError
+from medrecipe.config import (
+    SourceSpec,
+    TeacherConfig,
+    read_yaml,
+    resolve_path,
+    validate_model,
+)
 from medrecipe.evaluate.registry import BENCHMARKS, CATEGORIES
 
 
@@ -188,42 +192,21 @@ def _loc(parts: tuple[Any, ...]) -> str:
 
 def eval_config_from_data(data: Any, path: str | None = None) -> EvalConfig:
     """Validate evaluation-recipe data; RecipeError lists every problem with its YAML path."""
-    if not isinstance(data, dict):
-        raise RecipeError([("", "the evaluation recipe must be a YAML mapping")], path)
-    try:
-        return EvalConfig.model_validate(data)
-    except ValidationError as e:
-        problems = [(_loc(err["loc"]), err["msg"].removeprefix("Value error, ")) for err in e.errors()]
-        raise RecipeError(problems, path) from None
+    return validate_model(EvalConfig, data, path, what="evaluation recipe")
 
 
 def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
     """Read, override (`a.b=value`) and validate an evaluation recipe file."""
-    p = Path(path)
-    if not p.exists():
-        raise RecipeError([("", f"file not found: {p}")], str(p))
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError([("", f"not valid YAML: {e}")], str(p)) from None
-    data = apply_overrides(data, overrides or [])
-    cfg = eval_config_from_data(data, str(p))
+    data, base = read_yaml(path, overrides)
+    cfg = eval_config_from_data(data, str(path))
     # Relative data paths resolve against the recipe's folder, like training recipes.
-    base = p.resolve().parent
     for b in cfg.benchmarks:
-        for attr in ("path", "image_root"):
-            v = getattr(b, attr)
-            if v and not Path(v).is_absolute() and (base / v).exists():
-                setattr(b, attr, str(base / v))
-    for attr in ("tokenizer",):
-        v = getattr(cfg, attr)
-        if v and not Path(v).is_absolute() and (base / v).exists():
-            setattr(cfg, attr, str(base / v))
-    m = cfg.model
-    if m.replay_path and not Path(m.replay_path).is_absolute() and (base / m.replay_path).exists():
-        m.replay_path = str(base / m.replay_path)
-    if m.backend == "transformers_local" and not Path(m.model).is_absolute() and (base / m.model).exists():
-        m.model = str(base / m.model)
+        b.path = resolve_path(b.path, base)
+        b.image_root = resolve_path(b.image_root, base)
+    cfg.tokenizer = resolve_path(cfg.tokenizer, base)
+    cfg.model.replay_path = resolve_path(cfg.model.replay_path, base)
+    if cfg.model.backend == "transformers_local":
+        cfg.model.model = resolve_path(cfg.model.model, base)
     return cfg
 
 

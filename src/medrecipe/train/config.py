@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medrecipe.config import apply_overrides
-from medrecipe.errors import RecipeError, UserError
+from medrecipe.config import read_yaml, resolve_path, validate_model
+from medrecipe.errors import UserError
 from medrecipe.train.presets import GRPO_PRESETS, SFT_PRESETS, merge_preset
 
 LANGUAGE_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -215,15 +214,7 @@ def _loc(parts: tuple[Any, ...]) -> str:
 
 def config_from_data(cls: type[BaseModel], data: Any, path: str | None = None):
     """Validate config data; errors list every problem with its field path."""
-    if not isinstance(data, dict):
-        raise RecipeError([("", "the training config must be a YAML mapping")], path)
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        problems = [
-            (_loc(err["loc"]), err["msg"].removeprefix("Value error, ")) for err in e.errors()
-        ]
-        raise RecipeError(problems, path) from None
+    return validate_model(cls, data, path, what="training config")
 
 
 def load_config(cls: type[BaseModel], path: str | Path, overrides: list[str] | None = None):
@@ -232,21 +223,12 @@ def load_config(cls: type[BaseModel], path: str | Path, overrides: list[str] | N
     Relative model/dataset/output paths resolve against the YAML file's folder when they exist
     there, so configs can sit next to their data.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError([("", f"file not found: {p}")], str(p))
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError([("", f"not valid YAML: {e}")], str(p)) from None
+    data, base = read_yaml(path, overrides)
     if isinstance(data, dict):
-        data = apply_overrides(data, overrides or [])
-        base = p.resolve().parent
         for key in ("model", "dataset", "dataset_dir", "image_store"):
-            value = data.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
-                data[key] = str(base / value)
-    return config_from_data(cls, data, str(p))
+            if isinstance(data.get(key), str):
+                data[key] = resolve_path(data[key], base)
+    return config_from_data(cls, data, str(path))
 
 
 def load_sft_config(path: str | Path, overrides: list[str] | None = None) -> SFTConfig:
