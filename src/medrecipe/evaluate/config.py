@@ -186,10 +186,6 @@ class EvalConfig(_Model):
         return p if p.is_absolute() or base is None else base / p
 
 
-def _loc(parts: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in parts)
-
-
 def eval_config_from_data(data: Any, path: str | None = None) -> EvalConfig:
     """Validate evaluation-recipe data; RecipeError lists every problem with its YAML path."""
     return validate_model(EvalConfig, data, path, what="evaluation recipe")

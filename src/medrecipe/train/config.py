@@ -208,10 +208,6 @@ class LlamaFactoryConfig(_Model):
     extra: dict[str, Any] = Field(default_factory=dict, description="more keys copied verbatim")
 
 
-def _loc(parts: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in parts)
-
-
 def config_from_data(cls: type[BaseModel], data: Any, path: str | None = None):
     """Validate config data; errors list every problem with its field path."""
     return validate_model(cls, data, path, what="training config")
