@@ -101,6 +101,35 @@ class _TrainCommon(_Model):
         raise UserError("set output_dir (or run_dir) in the training config")
 
 
+def trainer_args(cfg: _TrainCommon, out: str, *, bf16: bool, gradient_checkpointing: bool,
+                 gradient_accumulation_steps: int | None = None) -> dict[str, Any]:
+    """Keyword arguments shared by TRL's SFTConfig and GRPOConfig, from our settings."""
+    gc = gradient_checkpointing
+    return dict(
+        output_dir=out,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps or cfg.gradient_accumulation_steps(),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        bf16=bf16,
+        gradient_checkpointing=gc,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        report_to=cfg.report_to or "none",
+        seed=cfg.seed,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        remove_unused_columns=False,
+    )
+
+
 class SFTConfig(_TrainCommon):
     """`medrecipe train sft` settings."""
 

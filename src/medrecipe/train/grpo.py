@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medrecipe.errors import UserError
-from medrecipe.train.config import GRPOConfig
+from medrecipe.train.config import GRPOConfig, trainer_args
 from medrecipe.train.data import load_export, record_in_manifest, write_dataset_record
 from medrecipe.train.rewards import make_reward_functions
 from medrecipe.train.sft import (
@@ -200,27 +200,8 @@ def build_grpo_trainer(
     if gc is None:
         gc = device.startswith("cuda")
     args = TRLGRPOConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        bf16=bf16,
-        gradient_checkpointing=gc,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit,
-        report_to=cfg.report_to or "none",
-        seed=cfg.seed,
-        dataloader_num_workers=cfg.dataloader_num_workers,
-        remove_unused_columns=False,
+        **trainer_args(cfg, str(out), bf16=bf16, gradient_checkpointing=gc,
+                       gradient_accumulation_steps=accum),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
