@@ -29,7 +29,10 @@ n-gram, so a hash collision can neither add nor lose a flag.
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +42,6 @@ import pyarrow as pa
 
 _WORD_RE = re.compile(r"\w+")
 _U64 = np.uint64
-_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=_U64)
 _PAD = 24  # zero bytes after a buffer, so the 8-byte reads of _word_hashes stay inside
 
 Texts = Sequence[str | None] | pa.Array | pa.ChunkedArray
@@ -55,6 +57,25 @@ def words(text: str | None) -> list[str]:
 def normalize_text(text: str | None) -> str:
     """A text's words joined by single spaces (the canonical form that n-grams are taken from)."""
     return " ".join(words(text))
+
+
+# Compatibility characters common in medical and scraped text (micro sign, no-break and
+# thin spaces, superscripts, fractions, ellipsis, ligatures, degree Celsius), each with its
+# full compatibility decomposition. NFKC only ever looks at the full decomposition, so
+# replacing them first gives the same result while unicodedata can take its fast path.
+_COMMON_COMPAT = tuple((c, unicodedata.normalize("NFKD", c)) for c in
+                       "\u00b5\u00a0\u00b2\u00b3\u00b9\u00bc\u00bd\u00be\u2009\u202f"
+                       "\u2002\u2003\u2026\u2122\ufb01\ufb02\u2103")
+
+
+def _nfkc(text: str) -> str:
+    """unicodedata.normalize("NFKC", text), faster for the common compatibility characters."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    for c, d in _COMMON_COMPAT:
+        if c in text:
+            text = text.replace(c, d)
+    return unicodedata.normalize("NFKC", text)
 
 
 @functools.cache
@@ -109,28 +130,35 @@ _TRANSLATE = bytes(
 
 def tokenize_batch(texts: Texts) -> _Batch:
     """Lay a batch of texts out in one buffer and find their words (vectorised)."""
-    chunks: list[bytes] = [b""]  # a leading empty piece: the buffer starts with a separator
-    add = chunks.append
-    ascii_only = True
-    for t in _to_list(texts):
-        if not t:
-            add(b"")
-        elif t.isascii():  # O(1) in CPython; ASCII needs no Unicode work at all
-            add(t.encode())
-        else:
-            add(unicodedata.normalize("NFKC", t).lower().encode())
-            ascii_only = False
-    lengths = np.fromiter(map(len, chunks), np.int64, len(chunks))
-    chunks.append(b"\0" * _PAD)
-    joined = b"\n".join(chunks).translate(_TRANSLATE)
+    items = _to_list(texts)
+    if None in items:
+        items = ["" if t is None else t for t in items]
+    ascii_flags = list(map(str.isascii, items))  # str.isascii is O(1) in CPython
+    # The buffer is "\n" + text 0 + "\n" + text 1 ... + "\n" + zero padding.
+    parts = ["", *items, "\0" * _PAD]
+    if all(ascii_flags):
+        joined = "\n".join(parts).encode("ascii").translate(_TRANSLATE)
+    else:
+        # Non-ASCII texts are normalised and lower-cased in Python; an ASCII placeholder of
+        # the same byte length keeps the fast single encode for everything else.
+        fixed = {}
+        for i in itertools.compress(range(len(items)), map(operator.not_, ascii_flags)):
+            data = _nfkc(items[i]).lower().encode()
+            fixed[i] = data
+            parts[i + 1] = "\0" * len(data)
+        out = bytearray("\n".join(parts).encode("ascii"))
+        starts = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)) + 1)
+        for i, data in fixed.items():
+            out[starts[i]: starts[i] + len(data)] = data
+        joined = out.translate(_TRANSLATE)
     buf = np.frombuffer(joined, dtype=np.uint8)
-    if not ascii_only:
-        buf = buf.copy()
+    if not all(ascii_flags):
         _clear_non_word_chars(buf)
+    lengths = np.fromiter(map(len, parts[:-1]), np.int64, len(parts) - 1)  # placeholders: byte length
     text_start = np.cumsum(lengths + 1)  # text i starts after the separator that follows i-1
-    step = np.diff((buf != 0).view(np.int8)) != 0
-    edges = np.flatnonzero(step) + 1  # word starts and ends alternate: the buffer is bounded by 0s
-    ws, we = edges[0::2], edges[1::2]
+    word = buf != 0
+    edges = np.flatnonzero(word[1:] != word[:-1])  # word starts and ends alternate
+    ws, we = edges[0::2] + 1, edges[1::2] + 1
     first_word = np.searchsorted(ws, text_start)
     return _Batch(buf, text_start, ws, we, first_word)
 
@@ -151,24 +179,31 @@ def _clear_non_word_chars(buf: np.ndarray) -> None:
         buf[lead[bad & (size > k)] + k] = 0
 
 
-def _concat(batches: list[_Batch]) -> _Batch:
-    """One batch over several (buffers back to back, positions shifted)."""
-    if len(batches) == 1:
-        return batches[0]
-    boff = np.cumsum([0] + [len(x.buf) for x in batches])
-    woff = np.cumsum([0] + [len(x.ws) for x in batches])
-    return _Batch(
-        np.concatenate([x.buf for x in batches]),
-        np.concatenate([x.text_start[:-1] + o for x, o in zip(batches, boff, strict=False)]
-                       + [batches[-1].text_start[-1:] + boff[-2]]),
-        np.concatenate([x.ws + o for x, o in zip(batches, boff, strict=False)]),
-        np.concatenate([x.we + o for x, o in zip(batches, boff, strict=False)]),
-        np.concatenate([x.first_word[:-1] + o for x, o in zip(batches, woff, strict=False)]
-                       + [woff[-1:]]),
-    )
+class _Growable:
+    """An array filled from the front that doubles its capacity when full."""
+
+    def __init__(self, dtype, capacity: int):
+        self.data = np.empty(max(capacity, 16), dtype)
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self.data):
+            grown = np.empty(max(end, 2 * len(self.data)), self.data.dtype)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size: end] = values
+        self.size = end
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.size]
 
 
-_K1, _K2, _K3 = _U64(0x9E3779B97F4A7C15), _U64(0xC2B2AE3D27D4EB4F), _U64(0x165667B19E3779F9)
+_K1, _K2 = _U64(0x9E3779B97F4A7C15), _U64(0xC2B2AE3D27D4EB4F)
+
+
+_HEAD = np.array([(1 << (8 * min(k, 8))) - 1 for k in range(17)], dtype=_U64)
+_TAIL = np.array([(1 << (8 * max(k - 8, 0))) - 1 for k in range(17)], dtype=_U64)
 
 
 def _word_hashes(b: _Batch) -> np.ndarray:
@@ -177,13 +212,17 @@ def _word_hashes(b: _Batch) -> np.ndarray:
     Words of up to 16 bytes are fully covered; longer words that differ only after their
     16th byte share a hash, which the byte-wise verification of every hit makes harmless.
     """
-    # An unaligned uint64 view at every byte offset: u[i] is buf[i:i + 8], little-endian.
+    # Unaligned little-endian uint64 views at every byte offset: u0[i] = buf[i:i+8] and
+    # u8[i] = buf[i+8:i+16] (the zero padding after the buffer keeps both inside it).
     size = len(b.buf) // 8 * 8
-    u = np.lib.stride_tricks.as_strided(b.buf[:size].view("<u8"), (size - 7,), (1,))
+    base = b.buf[:size].view("<u8")
+    u0 = np.lib.stride_tricks.as_strided(base, (size - 15,), (1,))
+    u8 = np.lib.stride_tricks.as_strided(base[1:], (size - 15,), (1,))
     length = b.we - b.ws
-    head = u[b.ws] & _MASKS[np.minimum(length, 8)]
-    tail = u[b.ws + 8] & _MASKS[np.clip(length - 8, 0, 8)]
-    return head * _K1 + tail * _K2 + length.astype(_U64) * _K3
+    short = np.minimum(length, 16)
+    head = u0[b.ws] & _HEAD[short]
+    tail = u8[b.ws] & _TAIL[short]
+    return (head * _K1 + tail) * _K2 + length.astype(_U64)
 
 
 def _window_poly(x: np.ndarray, n: int, base: int) -> np.ndarray:
@@ -209,22 +248,23 @@ def _window_poly(x: np.ndarray, n: int, base: int) -> np.ndarray:
     return out
 
 
-def _gram_hashes(b: _Batch, n: int, base: int, mask: np.uint64) -> tuple[np.ndarray, np.ndarray]:
-    """(first word index, hash) of every n-gram that lies inside one text."""
+def _gram_hashes(b: _Batch, n: int, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hash of the n-gram starting at every word, and whether it stays inside its text."""
     count = len(b.ws) - n + 1
     if count <= 0:
-        return np.zeros(0, np.int64), np.zeros(0, _U64)
+        return np.zeros(0, _U64), np.zeros(0, bool)
     # sum_k wh[i+k] * base**(n-1-k): a polynomial over the word hashes; its top bits, which
     # the index sorts and screens on, depend on every input bit.
     h = _window_poly(_word_hashes(b), n, base)
-    # An n-gram lies inside one text when it starts at most n-1 words before the text's end.
-    starts, ends = b.first_word[:-1], b.first_word[1:]
-    has = ends - starts >= n
-    delta = np.zeros(count + 1, np.int64)
-    np.add.at(delta, starts[has], 1)
-    np.add.at(delta, ends[has] - n + 1, -1)
-    inside = np.flatnonzero(np.cumsum(delta[:count]))
-    return inside, h[inside] & mask
+    # The n-grams starting at the last n-1 words of a text (or anywhere in a shorter text)
+    # cross into the next text.
+    ends = b.first_word[1:]
+    lo = np.maximum(b.first_word[:-1], ends - n + 1)
+    cnt = ends - lo
+    pos = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))
+    inside = np.ones(count, dtype=bool)
+    inside[pos[pos < count]] = False
+    return h, inside
 
 
 def _same_words(a: _Batch, ka: np.ndarray, b: _Batch, kb: np.ndarray, n: int) -> np.ndarray:
@@ -307,7 +347,7 @@ class Overlaps:
 def _flatten_views(texts) -> tuple[list, np.ndarray, int]:
     """(texts of every view, the row index of each view, number of rows)."""
     rows_in = _to_list(texts)
-    if all(t is None or isinstance(t, str) for t in rows_in):
+    if set(map(type, rows_in)) <= {str, type(None)}:
         return rows_in, np.arange(len(rows_in)), len(rows_in)
     flat: list[str | None] = []
     rows: list[int] = []
@@ -346,58 +386,69 @@ class NgramIndex:
             views, _rows, _count = _flatten_views(texts)
             flat.extend(views)
             text_bench.extend([j] * len(views))
-        # Tokenise and hash in batches (cache-sized arrays are several times faster), then
-        # keep one concatenated batch for the byte-wise verification of hits.
-        batches = [tokenize_batch(flat[i: i + batch_size])
-                   for i in range(0, len(flat), batch_size)] or [tokenize_batch([])]
-        firsts, hashes, offset = [], [], 0
-        for x in batches:
-            f, h = _gram_hashes(x, n, self._base, self.mask)
-            firsts.append(f + offset)
-            hashes.append(h)
-            offset += len(x.ws)
-        self._batch = b = _concat(batches)
-        first, h = np.concatenate(firsts), np.concatenate(hashes)
-        m = len(h)
+        # Tokenise and hash in batches (cache-sized arrays are several times faster), keeping
+        # each batch compact (int32 positions) for the byte-wise verification of hits.
+        # Sort (hash, first word) packed in one uint64: the low 32 bits carry the n-gram's
+        # first word, so a plain np.sort replaces a much slower argsort plus gathers; the 32
+        # hash bits left make candidates a little more frequent, and every candidate is
+        # verified anyway.
+        self._slot_bits = 32
+        low = _U64((1 << self._slot_bits) - 1)
+        self._hi_mask = ~low
+        # Output arrays are allocated once with room to spare and filled batch by batch:
+        # pages never written cost nothing, while touching fresh memory is slow on some hosts.
+        est = sum(len(t) for t in flat if t) + len(flat) + 64
+        pos = np.int32 if est < 2**30 else np.int64
+        buf, ws, we = _Growable(np.uint8, est + est // 4), _Growable(pos, est // 2 + 16), \
+            _Growable(pos, est // 2 + 16)
+        keys_out = _Growable(_U64, est // 2 + 16)
+        text_start: list[np.ndarray] = []
+        first_word: list[np.ndarray] = []
+        for i in range(0, max(len(flat), 1), batch_size):
+            x = tokenize_batch(flat[i: i + batch_size])
+            h, inside = _gram_hashes(x, n, self._base)
+            f = np.flatnonzero(inside)
+            h = h[f] & (self.mask & self._hi_mask)
+            h |= (f + ws.size).astype(_U64)
+            keys_out.extend(h)
+            text_start.append(x.text_start[:-1] + buf.size)
+            first_word.append(x.first_word[:-1] + ws.size)
+            ws.extend(x.ws + buf.size)
+            we.extend(x.we + buf.size)
+            buf.extend(x.buf)
+        if ws.size >= 1 << self._slot_bits:
+            raise ValueError("the benchmark texts have more than 2**32 words")
+        b = _Batch(buf.view(), np.concatenate(text_start + [[buf.size]]), ws.view(), we.view(),
+                   np.concatenate(first_word + [[ws.size]]))
+        self._batch = b
+        keys = keys_out.view()
+        m = len(keys)
         self.num_grams = m
-        # Sort (hash, first word) packed in one uint64: the low bits carry the n-gram's first
-        # word, so a plain np.sort replaces a much slower argsort plus gathers; hash bits given
-        # up to the word index only make candidates a little more frequent, and every
-        # candidate is verified anyway.
-        self._slot_bits = max(1, len(b.ws).bit_length())
-        self._hi_mask = _U64(((1 << 64) - 1) ^ ((1 << self._slot_bits) - 1))
-        keys = (h & self._hi_mask) | first.astype(_U64)
         keys.sort()
-        hi = keys & self._hi_mask
-        gram_first = (keys & ~self._hi_mask).astype(np.int64)
+        self._keys = keys  # the whole index: sorted (hash << 32 | first word of the n-gram)
+        self._low = low
         # Benchmarks own contiguous runs of texts, hence of words.
         texts_per_bench = np.bincount(np.asarray(text_bench, np.int64), minlength=len(self.benchmarks))
-        bench_first_word = b.first_word[np.concatenate([[0], np.cumsum(texts_per_bench)[:-1]])]
-
-        def bench_of(word: np.ndarray) -> np.ndarray:
-            return np.searchsorted(bench_first_word, word, side="right") - 1
-
-        new_group = np.ones(m, dtype=bool)
-        new_group[1:] = hi[1:] != hi[:-1]
-        rep = np.flatnonzero(new_group)
-        self._hi, self._rep_first = (hi, gram_first) if len(rep) == m else (hi[rep], gram_first[rep])
-        # Later members of a group are either the same n-gram again (another text or another
-        # benchmark has it) or a true hash collision, which goes to a small exact side table.
-        later = np.flatnonzero(~new_group)
-        later_group = np.searchsorted(rep, later, side="right") - 1
-        same = _same_words(b, gram_first[later], b, gram_first[rep[later_group]], n)
-        later_bench = bench_of(gram_first[later])
-        nb = max(1, len(self.benchmarks))
-        pairs = np.arange(len(rep), dtype=np.int64) * nb + bench_of(self._rep_first)
-        if same.any():
-            pairs = np.sort(np.concatenate([pairs, later_group[same] * nb + later_bench[same]]))
-            pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
-        self._pair_bench = pairs % nb
-        self._group_ptr = np.concatenate([[0], np.cumsum(np.bincount(pairs // nb, minlength=len(rep)))])
+        self._bench_first_word = b.first_word[np.concatenate([[0], np.cumsum(texts_per_bench)[:-1]])]
+        # The hash halves as a strided uint32 view (no copy).
+        hi32 = keys.view(np.uint32)[1::2] if sys.byteorder == "little" else keys.view(np.uint32)[0::2]
+        # A key repeating the previous key's hash is the same n-gram again (in another text,
+        # maybe of another benchmark) or a true hash collision, which goes to a small exact
+        # side table. Either way the group's first key is what queries compare against.
+        later = np.flatnonzero(hi32[1:] == hi32[:-1]) + 1
+        head = np.searchsorted(keys, keys[later] & self._hi_mask)
+        later_word, head_word = self._slot(keys[later]), self._slot(keys[head])
+        same = _same_words(b, later_word, b, head_word, n)
+        later_bench, head_bench = self._bench_of(later_word), self._bench_of(head_word)
+        self._extra: dict[int, set[int]] = {}  # group head -> further benchmarks with its n-gram
+        extra = same & (later_bench != head_bench)
+        for g, j in zip(head[extra].tolist(), later_bench[extra].tolist(), strict=True):
+            self._extra.setdefault(g, set()).add(j)
+        self._extra_heads = np.array(sorted(self._extra), dtype=np.int64)
         self._collided: dict[int, list[tuple[str, set[int]]]] = {}
         for i in np.flatnonzero(~same):
-            gram = b.words_of(int(gram_first[later[i]]), n)
-            entries = self._collided.setdefault(int(hi[later[i]]), [])
+            gram = b.words_of(int(later_word[i]), n)
+            entries = self._collided.setdefault(int(keys[later[i]] & self._hi_mask), [])
             for g, benches in entries:
                 if g == gram:
                     benches.add(int(later_bench[i]))
@@ -406,14 +457,21 @@ class NgramIndex:
                 entries.append((gram, {int(later_bench[i])}))
         self._collided_keys = np.array(sorted(self._collided), dtype=_U64)
         # A bit set over the top hash bits (1-3% full) rejects most misses with one read.
-        size_bits = int(np.clip(max(len(rep), 1).bit_length() + 6, 16, 31))
+        groups = m - len(later)
+        size_bits = int(np.clip(max(groups, 1).bit_length() + 6, 16, 31))
         self._shift = _U64(64 - size_bits)
         self._bits = np.zeros(1 << (size_bits - 3), dtype=np.uint8)
-        top = (self._hi >> self._shift).astype(np.intp)  # sorted, as self._hi is
-        if len(top):
+        for lo in range(0, m, 1 << 20):  # chunks bound the temporaries
+            top = (hi32[lo: lo + (1 << 20)] >> np.uint32(32 - size_bits)).astype(np.int64)  # sorted
             byte = top >> 3
-            first_of_byte = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
-            self._bits[byte[first_of_byte]] = np.bitwise_or.reduceat(_BIT[top & 7], first_of_byte)
+            first = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+            self._bits[byte[first]] |= np.bitwise_or.reduceat(_BIT[top & 7], first)
+
+    def _slot(self, keys: np.ndarray) -> np.ndarray:
+        return (keys & self._low).astype(np.int64)
+
+    def _bench_of(self, word: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._bench_first_word, word, side="right") - 1
 
     def query(self, train_texts: Texts | Sequence[Sequence[str]], batch_size: int = 2048) -> Overlaps:
         """Overlaps of training rows (each a text or a sequence of texts) with the benchmarks."""
@@ -426,29 +484,33 @@ class NgramIndex:
 
     def _query_batch(self, texts: list, rows: np.ndarray, matches: np.ndarray,
                      evidence: list[str | None]) -> None:
-        if len(self._hi) == 0:
+        if len(self._keys) == 0:
             return
         b = tokenize_batch(texts)
-        first, h = _gram_hashes(b, self.n, self._base, self.mask)
-        h &= self._hi_mask
-        top = (h >> self._shift).astype(np.intp)
-        keep = np.flatnonzero(self._bits[top >> 3] & _BIT[top & 7])
+        h, inside = _gram_hashes(b, self.n, self._base)
+        h &= self.mask & self._hi_mask
+        byte = (h >> (self._shift + _U64(3))).view(np.int64)
+        bit = ((h >> self._shift) & _U64(7)).view(np.int64)
+        keep = np.flatnonzero(np.logical_and(self._bits[byte] & _BIT[bit], inside))
         if len(keep) == 0:
             return
         # Sorted needles make the binary searches cache-friendly (several times faster).
-        keep = keep[np.argsort(h[keep])]
-        first, h = first[keep], h[keep]
-        pos = np.searchsorted(self._hi, h)
-        pos[pos == len(self._hi)] = 0
-        cand = np.flatnonzero(self._hi[pos] == h)
-        g = pos[cand]
-        ok = _same_words(b, first[cand], self._batch, self._rep_first[g], self.n)
-        cand, g = cand[ok], g[ok]
-        counts = self._group_ptr[g + 1] - self._group_ptr[g]
-        ptr = np.repeat(self._group_ptr[g], counts) + (
-            np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
-        hit_gram = [np.repeat(first[cand], counts)]
-        hit_bench = [self._pair_bench[ptr]]
+        first = keep[np.argsort(h[keep])]
+        h = h[first]
+        pos = np.minimum(np.searchsorted(self._keys, h), len(self._keys) - 1)
+        cand = np.flatnonzero((self._keys[pos] & self._hi_mask) == h)
+        pos = pos[cand]
+        head_word = self._slot(self._keys[pos])
+        ok = _same_words(b, first[cand], self._batch, head_word, self.n)
+        cand, pos = cand[ok], pos[ok]
+        hit_gram = [first[cand]]
+        hit_bench = [self._bench_of(head_word[ok])]
+        if len(self._extra_heads):
+            more_of = np.isin(pos, self._extra_heads)
+            for c, head in zip(cand[more_of].tolist(), pos[more_of].tolist(), strict=True):
+                more = self._extra[head]
+                hit_gram.append(np.full(len(more), first[c], np.int64))
+                hit_bench.append(np.fromiter(more, np.int64, len(more)))
         if len(self._collided_keys):
             for c in np.flatnonzero(np.isin(h, self._collided_keys)):
                 gram = b.words_of(int(first[c]), self.n)
@@ -459,7 +521,7 @@ class NgramIndex:
         grams = np.concatenate(hit_gram)
         if len(grams) == 0:
             return
-        text = b.text_of_word()[grams]
+        text = np.searchsorted(b.first_word, grams, side="right") - 1
         matches[rows[text], np.concatenate(hit_bench)] = True
         # Evidence: the earliest shared n-gram of each row (views in order, then position).
         order = np.lexsort((grams, text))
