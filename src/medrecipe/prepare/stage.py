@@ -1,28 +1,52 @@
-"""The prepare stage: collapse duplicates, decontaminate, drop benchmark images, balance, resize.
+"""The prepare stage: decontaminate, drop benchmark images, collapse duplicates, balance, resize.
 
     result = prepare(train_items, bench_items, recipe.prepare, image_store)
 
-Input and output tables are ITEM_SCHEMA. Removed rows become quarantine rows with the
-reason and the benchmark named; `flags` has one row per input training item and a boolean
-column per benchmark and check (`ngram:<bench>`, `image:<bench>`, `near_image:<bench>`), so
-a user can see what matched even where nothing was removed.
+Input and output item tables are ITEM_SCHEMA. In order:
+
+1. **n-gram decontamination** (`decontaminate`): a training question that shares a word
+   n-gram (default 16) with a benchmark question is removed, reason
+   ``contaminated:<benchmark>`` (the first benchmark it overlaps; the detail names all of
+   them and quotes one shared n-gram). Texts are compared as the question followed by its
+   options; the stem's n-grams are a prefix of those, so both the stem and the question
+   with its options are checked. ``against`` names the benchmark sources; left empty, every
+   benchmark source of the recipe is used.
+2. **Benchmark images** (`dedup_images`): a training item with an image whose bytes equal a
+   benchmark image is removed (``image_in_benchmark``). With ``near_duplicates``, images
+   within ``hamming_threshold`` dHash bits are flagged and reported; with
+   ``remove_near_duplicates`` also removed (``near_duplicate_image``).
+3. **Duplicate questions** (`decontaminate.collapse_duplicates`): items with the same
+   normalised question, options and images collapse to the first in input order (recipe
+   source order, then row order); the others are removed (``duplicate_question``).
+4. **Class balancing** (`balance`): rows sampled out are counted (``balanced_out``), not
+   quarantined.
+5. **Smart resize** (`resize`): every kept image is resized once per (content hash, size);
+   items point at the resized refs and keep the originals in ``meta["original_images"]``.
+   An image that cannot be decoded removes its item (``image_resize_failed``).
+
+`flags` has one row per input training item: ``source``, ``id``, a boolean column per
+benchmark and check (``ngram:<bench>``, ``image:<bench>``, ``near_image:<bench>``),
+``duplicate_of`` (the id of the kept copy) and ``removed`` (the reason, or null when kept),
+so a user can see what matched even where nothing was removed. `counts` is
+{source: {reason: rows removed}} for the manifest and ``medrecipe inspect``; `details` holds
+the rest (per-benchmark flag counts, near-duplicate examples, class counts, resize counts).
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from medrecipe.config import PrepareConfig
 from medrecipe.images import ImageStore
 from medrecipe.prepare.balance import balance
-from medrecipe.prepare.decontaminate import find_overlaps, normalize_text
-from medrecipe.prepare.dedup import exact_matches, near_matches
+from medrecipe.prepare.decontaminate import find_overlaps, normalize_texts
+from medrecipe.prepare.dedup import base_sha, exact_matches, near_matches
 from medrecipe.prepare.resize import resize_all
 from medrecipe.schema import QuarantineRow, raw_json
 
@@ -38,6 +62,12 @@ class PrepareResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def question_texts(table: pa.Table) -> pa.ChunkedArray:
+    """Per row: the question followed by its options, separated by spaces."""
+    opts = pc.binary_join(table.column("options"), " ")
+    return pc.binary_join_element_wise(table.column("question"), opts, " ")
+
+
 def question_views(table: pa.Table) -> list[list[str]]:
     """Per row: the question stem, and the stem followed by its options."""
     qs = table.column("question").to_pylist()
@@ -45,11 +75,31 @@ def question_views(table: pa.Table) -> list[list[str]]:
     return [[q, q + "\n" + "\n".join(o)] if o else [q] for q, o in zip(qs, opts, strict=True)]
 
 
-def _by_source(table: pa.Table) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(table.column("source").to_pylist()):
-        out[s].append(i)
+def duplicate_of(table: pa.Table) -> np.ndarray:
+    """Per row, the index of the first row with the same normalised question, options and
+    images (the row itself when it is the first)."""
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(0, np.int64)
+    options = table.column("options").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(options), 0).to_numpy(zero_copy_only=False)
+    flat = normalize_texts(pc.list_flatten(options))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    # Normalised text holds only word characters and spaces, so "|" separates options safely.
+    norm_options = pc.binary_join(pa.ListArray.from_arrays(offsets, flat.cast(pa.string())), "|")
+    images = [",".join(base_sha(r) for r in refs or ()) for refs in table.column("images").to_pylist()]
+    keys = pa.table({"q": normalize_texts(table.column("question")), "o": norm_options,
+                     "i": pa.array(images, pa.string()), "row": pa.array(np.arange(n))})
+    firsts = keys.group_by(["q", "o", "i"], use_threads=False).aggregate([("row", "min")])
+    joined = keys.join(firsts, ["q", "o", "i"], use_threads=False)
+    out = np.empty(n, np.int64)
+    out[joined.column("row").to_numpy()] = joined.column("row_min").to_numpy()
     return out
+
+
+def _raw(table: pa.Table, i: int) -> str:
+    row = table.slice(i, 1).to_pylist()[0]
+    return raw_json({k: row[k] for k in ("id", "source", "question", "options", "answer", "images")})
 
 
 def prepare(train: pa.Table, bench: pa.Table, config: PrepareConfig,
@@ -59,43 +109,36 @@ def prepare(train: pa.Table, bench: pa.Table, config: PrepareConfig,
     ids = train.column("id").to_pylist()
     sources = train.column("source").to_pylist()
     images = train.column("images").to_pylist()
-    removed: dict[int, tuple[str, str]] = {}  # row -> (reason, detail); first reason wins
+    removed: dict[int, tuple[str, str]] = {}  # row -> (reason, detail); the first reason wins
     flag_cols: dict[str, np.ndarray] = {}
     details: dict[str, Any] = {}
+    bench_sources = bench.column("source").to_pylist() if bench.num_rows else []
+    bench_names = list(dict.fromkeys(bench_sources))
 
     def remove(row: int, reason: str, detail: str) -> None:
         removed.setdefault(row, (reason, detail))
 
-    # 1. Exact duplicates of a normalised question (same options and images) collapse to one.
+    # 1. n-gram decontamination.
     dc = config.decontaminate
-    if dc.collapse_duplicates and n:
-        first: dict[str, int] = {}
-        views = question_views(train)
-        for i in range(n):
-            key = json.dumps([normalize_text(views[i][-1]), sorted(images[i])])
-            if key in first:
-                remove(i, "duplicate_question", f"same question as {ids[first[key]]}")
-            else:
-                first[key] = i
-
-    # 2. n-gram decontamination against the named benchmarks.
-    bench_sources = bench.column("source").to_pylist() if bench.num_rows else []
-    if dc.enabled and dc.against and n:
-        bench_views = question_views(bench)
-        per_bench = {b: [bench_views[j] for j, s in enumerate(bench_sources) if s == b]
-                     for b in dc.against}
-        ov = find_overlaps(question_views(train), per_bench, n=dc.n)
+    if dc.enabled and n and (dc.against or bench_names):
+        against = list(dc.against) or bench_names
+        texts = question_texts(bench).to_pylist() if bench.num_rows else []
+        per_bench = {b: [t for t, s in zip(texts, bench_sources, strict=True) if s == b] for b in against}
+        ov = find_overlaps(question_texts(train), per_bench, n=dc.n)
         for j, b in enumerate(ov.benchmarks):
             flag_cols[f"ngram:{b}"] = ov.matches[:, j]
         for i in np.flatnonzero(ov.flags):
             names = ov.benchmarks_of(int(i))
             remove(int(i), f"contaminated:{names[0]}",
-                   f"shares a {dc.n}-gram with {', '.join(names)}: \"{ov.evidence[i]}\"")
+                   f"shares a {dc.n}-word sequence with {', '.join(names)}: \"{ov.evidence[i]}\"")
+        details["decontaminate"] = {"against": against, "n": dc.n,
+                                    "flagged": {b: int(ov.matches[:, j].sum())
+                                                for j, b in enumerate(ov.benchmarks)}}
 
-    # 3. Training images that are benchmark images.
+    # 2. Training images that are benchmark images.
     dd = config.dedup_images
     if dd.enabled and bench.num_rows and n:
-        targets = dd.against if dd.against is not None else sorted(set(bench_sources))
+        targets = dd.against if dd.against is not None else bench_names
         bench_images = bench.column("images").to_pylist()
         bench_refs = {b: [r for j, s in enumerate(bench_sources) if s == b for r in bench_images[j]]
                       for b in targets}
@@ -104,31 +147,52 @@ def prepare(train: pa.Table, bench: pa.Table, config: PrepareConfig,
             flag_cols[f"image:{b}"] = np.array([b in hit for hit in exact], dtype=bool)
         for i, hit in enumerate(exact):
             if hit:
-                remove(i, "image_in_benchmark", f"an image is byte-identical to one in {', '.join(hit)}")
+                remove(i, "image_in_benchmark",
+                       f"an image is byte-identical to one in {', '.join(hit)}")
         if dd.near_duplicates:
             near = near_matches(images, bench_refs, store, dd.hamming_threshold)
             details["near_duplicates"] = {
                 "rows": len(near.rows), "hashed": near.hashed, "unreadable": near.unreadable,
-                "examples": [{"item": ids[r], "benchmark": m[0].benchmark, "distance": m[0].distance}
+                "threshold": dd.hamming_threshold, "removed": dd.remove_near_duplicates,
+                "examples": [{"item": ids[r], "image": m[0].train_ref, "benchmark": m[0].benchmark,
+                              "bench_image": m[0].bench_ref, "distance": m[0].distance}
                              for r, m in list(near.rows.items())[:20]]}
             for b in targets:
                 flag_cols[f"near_image:{b}"] = np.array(
                     [any(m.benchmark == b for m in near.rows.get(i, ())) for i in range(n)], dtype=bool)
             if dd.remove_near_duplicates:
                 for i, matches in near.rows.items():
-                    m = min(matches, key=lambda x: x.distance)
+                    m = matches[0]
                     remove(i, "near_duplicate_image",
                            f"an image is within {m.distance} bits (dHash) of one in {m.benchmark}")
 
+    # 3. Exact duplicates of a normalised question (same options and images) collapse to one.
+    dup_of = np.full(n, -1, np.int64)
+    if dc.collapse_duplicates and n:
+        alive = np.array([i not in removed for i in range(n)], dtype=bool)
+        rows = np.flatnonzero(alive)
+        first = rows[duplicate_of(train.take(pa.array(rows)))]
+        answers = train.column("answer").to_pylist()
+        for i, f in zip(rows.tolist(), first.tolist(), strict=True):
+            if f != i:
+                dup_of[i] = f
+                differs = (f" (its answer is {answers[f]!r}, this one says {answers[i]!r})"
+                           if answers[f] != answers[i] else "")
+                remove(i, "duplicate_question", f"same question as {ids[f]}{differs}")
+        details["duplicates"] = int((dup_of >= 0).sum())
+
     keep_mask = np.ones(n, dtype=bool)
-    for i in removed:
-        keep_mask[i] = False
-    kept = train.filter(pa.array(keep_mask))
+    keep_mask[list(removed)] = False
+    kept_rows = np.flatnonzero(keep_mask)
+    kept = train.take(pa.array(kept_rows))
 
     # 4. Class balancing (rows dropped here are sampling, not defects: counted, not quarantined).
-    kept, balance_report = balance(kept, config.balance)
+    kept, balance_report = balance(kept.append_column("__row", pa.array(kept_rows)), config.balance)
+    row_of_kept = kept.column("__row").to_numpy()
+    kept = kept.drop_columns(["__row"])
     if balance_report:
         details["balance"] = balance_report
+    balanced_out = sorted(set(kept_rows.tolist()) - set(row_of_kept.tolist()))
 
     # 5. Smart resize of every kept image, stored once per (hash, size).
     if config.resize.enabled and kept.num_rows:
@@ -136,37 +200,45 @@ def prepare(train: pa.Table, bench: pa.Table, config: PrepareConfig,
         rep = resize_all((r for refs in kept_images for r in refs), store, config.resize)
         details["resize"] = {"images": len(rep.mapping) + len(rep.errors), "resized": rep.resized,
                              "failed": len(rep.errors)}
-        ok = []
-        new_images = []
-        kept_ids = kept.column("id").to_pylist()
-        row_of = {item_id: i for i, item_id in enumerate(ids)}
-        for k, refs in enumerate(kept_images):
-            bad = [r for r in refs if r.partition("@")[0] in rep.errors]
+        ok, new_images, new_meta = [], [], []
+        for k, (refs, meta) in enumerate(zip(kept_images, kept.column("meta").to_pylist(), strict=True)):
+            bad = [r for r in refs if base_sha(r) in rep.errors]
             if bad:
-                remove(row_of[kept_ids[k]], "image_resize_failed", rep.errors[bad[0].partition("@")[0]])
-                ok.append(False)
-                new_images.append(refs)
-            else:
-                ok.append(True)
-                new_images.append([rep.mapping[r.partition("@")[0]] for r in refs])
-        kept = kept.set_column(kept.schema.get_field_index("images"), "images",
+                remove(int(row_of_kept[k]), "image_resize_failed", rep.errors[base_sha(bad[0])])
+            ok.append(not bad)
+            new = [rep.mapping.get(base_sha(r), r) for r in refs]
+            if new != refs:
+                m = json.loads(meta) if meta else {}
+                m.setdefault("original_images", refs)
+                meta = json.dumps(m, ensure_ascii=False, sort_keys=True, default=str)
+            new_images.append(new)
+            new_meta.append(meta)
+        kept = kept.set_column(kept.schema.get_field_index("images"), kept.schema.field("images"),
                                pa.array(new_images, type=pa.list_(pa.string())))
+        kept = kept.set_column(kept.schema.get_field_index("meta"), kept.schema.field("meta"),
+                               pa.array(new_meta, type=pa.string()))
         kept = kept.filter(pa.array(ok))
 
     quarantine = [QuarantineRow(stage="prepare", source=sources[i], row=i, item_id=ids[i],
-                                reason=reason, detail=detail, raw=raw_json({"id": ids[i]}))
+                                reason=reason, detail=detail, raw=_raw(train, i))
                   for i, (reason, detail) in sorted(removed.items())]
     counts: dict[str, dict[str, int]] = {}
     for q in quarantine:
         counts.setdefault(q.source, {}).setdefault(q.reason, 0)
         counts[q.source][q.reason] += 1
-    for src, rep_ in balance_report.items():
-        dropped = sum(rep_["before"].values()) - sum(rep_["after"].values())
-        if dropped:
-            counts.setdefault(src, {})["balanced_out"] = dropped
-    flags = pa.table({"id": pa.array(ids, pa.string()),
-                      **{k: pa.array(v, pa.bool_()) for k, v in flag_cols.items()}})
+    for i in balanced_out:
+        counts.setdefault(sources[i], {}).setdefault("balanced_out", 0)
+        counts[sources[i]]["balanced_out"] += 1
+    reason_col = [removed[i][0] if i in removed else None for i in range(n)]
+    for i in balanced_out:
+        reason_col[i] = "balanced_out"
+    flags = pa.table({
+        "source": pa.array(sources, pa.string()), "id": pa.array(ids, pa.string()),
+        **{k: pa.array(v, pa.bool_()) for k, v in flag_cols.items()},
+        "duplicate_of": pa.array([ids[f] if f >= 0 else None for f in dup_of.tolist()], pa.string()),
+        "removed": pa.array(reason_col, pa.string()),
+    })
     return PrepareResult(kept, flags, quarantine, counts, details)
 
 
-__all__ = ["PrepareResult", "prepare", "question_views"]
+__all__ = ["PrepareResult", "duplicate_of", "prepare", "question_texts", "question_views"]
