@@ -229,3 +229,13 @@ def test_word_character_table_matches_python_regex():
     mismatches = [c for c in range(0x110000)
                   if bool(table[c]) != (word.match(chr(c)) is not None)]
     assert mismatches == []
+
+
+def test_arrow_list_views_and_batched_normalisation():
+    train, bench = generated_pairs(seed=13, n_train=2_000, n_bench=200, n=4)
+    views = [[t, t[: len(t) // 2]] for t in train]  # a second, shorter view per row
+    want = find_overlaps(views, bench, n=4)
+    got = find_overlaps(pa.array(views, pa.list_(pa.string())), bench, n=4, batch_size=300)
+    assert np.array_equal(want.matches, got.matches) and want.evidence == got.evidence
+    assert normalize_texts(pa.array(train), batch_size=77).to_pylist() == \
+        [" ".join(ref_words(t)) for t in train]

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _WORD_RE = re.compile(r"\w+")
 _U64 = np.uint64
@@ -292,8 +293,15 @@ def _equal_spans(buf_a: np.ndarray, sa: np.ndarray, ea: np.ndarray,
     return out
 
 
-def normalize_texts(texts: Texts) -> pa.LargeStringArray:
+def normalize_texts(texts: Texts, batch_size: int = 8192) -> pa.LargeStringArray:
     """Each text's words joined by single spaces (vectorised :func:`normalize_text`)."""
+    if len(texts) > batch_size:
+        return pa.concat_arrays([_normalize_batch(texts[i: i + batch_size])
+                                 for i in range(0, len(texts), batch_size)])
+    return _normalize_batch(texts)
+
+
+def _normalize_batch(texts: Texts) -> pa.LargeStringArray:
     b = tokenize_batch(texts)
     nt = len(b.text_start) - 1
     if len(b.ws) == 0:
@@ -344,8 +352,15 @@ class Overlaps:
         return len(self.matches)
 
 
-def _flatten_views(texts) -> tuple[list, np.ndarray, int]:
-    """(texts of every view, the row index of each view, number of rows)."""
+def _flatten_views(texts) -> tuple[Texts, np.ndarray, int]:
+    """(texts of every view, the row index of each view, number of rows).
+
+    Arrow input stays Arrow (batches are converted to Python one at a time)."""
+    if isinstance(texts, pa.ChunkedArray | pa.Array):
+        if pa.types.is_list(texts.type) or pa.types.is_large_list(texts.type):
+            parents = pc.list_parent_indices(texts).to_numpy(zero_copy_only=False)
+            return pc.list_flatten(texts), parents.astype(np.int64), len(texts)
+        return texts, np.arange(len(texts)), len(texts)
     rows_in = _to_list(texts)
     if set(map(type, rows_in)) <= {str, type(None)}:
         return rows_in, np.arange(len(rows_in)), len(rows_in)
@@ -384,7 +399,7 @@ class NgramIndex:
         text_bench: list[int] = []
         for j, texts in enumerate(named.values()):
             views, _rows, _count = _flatten_views(texts)
-            flat.extend(views)
+            flat.extend(_to_list(views))
             text_bench.extend([j] * len(views))
         # Tokenise and hash in batches (cache-sized arrays are several times faster), keeping
         # each batch compact (int32 positions) for the byte-wise verification of hits.
