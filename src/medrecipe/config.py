@@ -52,7 +52,7 @@ class SourceSpec(_Model):
 
 class DecontaminateConfig(_Model):
     enabled: bool = True
-    against: list[str] = Field(default_factory=list)  # benchmark source names
+    against: list[str] = Field(default_factory=list)  # benchmark source names; empty: every one
     n: int = Field(default=16, ge=1)
     collapse_duplicates: bool = True
 
