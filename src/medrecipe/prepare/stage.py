@@ -97,9 +97,14 @@ def duplicate_of(table: pa.Table) -> np.ndarray:
     return out
 
 
-def _raw(table: pa.Table, i: int) -> str:
-    row = table.slice(i, 1).to_pylist()[0]
-    return raw_json({k: row[k] for k in ("id", "source", "question", "options", "answer", "images")})
+_RAW_COLUMNS = ["id", "source", "question", "options", "answer", "images"]
+
+
+def _raws(table: pa.Table, rows: list[int]) -> list[str]:
+    """JSON of the given rows (truncated) for the quarantine table, converted in one go."""
+    if not rows:
+        return []
+    return [raw_json(r) for r in table.select(_RAW_COLUMNS).take(pa.array(rows)).to_pylist()]
 
 
 def prepare(train: pa.Table, bench: pa.Table, config: PrepareConfig,
@@ -219,9 +224,10 @@ def prepare(train: pa.Table, bench: pa.Table, config: PrepareConfig,
                                pa.array(new_meta, type=pa.string()))
         kept = kept.filter(pa.array(ok))
 
+    gone = sorted(removed)
     quarantine = [QuarantineRow(stage="prepare", source=sources[i], row=i, item_id=ids[i],
-                                reason=reason, detail=detail, raw=_raw(train, i))
-                  for i, (reason, detail) in sorted(removed.items())]
+                                reason=removed[i][0], detail=removed[i][1], raw=raw)
+                  for i, raw in zip(gone, _raws(train, gone), strict=True)]
     counts: dict[str, dict[str, int]] = {}
     for q in quarantine:
         counts.setdefault(q.source, {}).setdefault(q.reason, 0)
