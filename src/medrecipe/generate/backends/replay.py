@@ -1,6 +1,6 @@
 """Answers from a file of earlier generations (offline demo, re-running recipes on stored outputs).
 
-Formats (see .dev/API-generate.md): JSONL with one generation per line (`item_id`, `text`,
+Formats (see docs/generate-api.md): JSONL with one generation per line (`item_id`, `text`,
 optional `sample_index`, `reasoning`, `finish_reason`, `prompt_tokens`,
 `completion_tokens`, `model`), or a Parquet file in GENERATION_SCHEMA. Lines of one item
 without `sample_index` are numbered in file order. A (item, sample) absent from the file
