@@ -87,3 +87,15 @@ def test_bad_override_paths_are_user_errors():
 def test_config_hash_changes_with_content():
     assert config_hash({"a": 1}) == config_hash({"a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_packaged_recipes_validate():
+    from medrecipe.cli import packaged_recipe
+    from medrecipe.evaluate.config import load_eval_config
+
+    octomed, _ = load_recipe(packaged_recipe("octomed"))
+    assert octomed.generate.n == 16 and octomed.select.cap_per_question == 16
+    assert octomed.select.pass_rate is None and octomed.select.difficulty is None
+    ev = load_eval_config(packaged_recipe("eval_octomed"))
+    assert {b.name for b in ev.benchmarks} >= {"medqa", "pmc_vqa", "brain_tumor"}
+    assert ev.seeds == [0, 1, 2, 3, 4]
