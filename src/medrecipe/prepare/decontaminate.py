@@ -200,7 +200,7 @@ class _Growable:
         return self.data[: self.size]
 
 
-_K1, _K2 = _U64(0x9E3779B97F4A7C15), _U64(0xC2B2AE3D27D4EB4F)
+_K1 = _U64(0x9E3779B97F4A7C15)
 
 
 _HEAD = np.array([(1 << (8 * min(k, 8))) - 1 for k in range(17)], dtype=_U64)
@@ -223,7 +223,7 @@ def _word_hashes(b: _Batch) -> np.ndarray:
     short = np.minimum(length, 16)
     head = u0[b.ws] & _HEAD[short]
     tail = u8[b.ws] & _TAIL[short]
-    return (head * _K1 + tail) * _K2 + length.astype(_U64)
+    return head * _K1 + (tail ^ length.astype(_U64, copy=False))
 
 
 def _window_poly(x: np.ndarray, n: int, base: int) -> np.ndarray:
@@ -249,23 +249,19 @@ def _window_poly(x: np.ndarray, n: int, base: int) -> np.ndarray:
     return out
 
 
-def _gram_hashes(b: _Batch, n: int, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hash of the n-gram starting at every word, and whether it stays inside its text."""
-    count = len(b.ws) - n + 1
-    if count <= 0:
-        return np.zeros(0, _U64), np.zeros(0, bool)
+def _gram_hashes(b: _Batch, n: int, base: int) -> np.ndarray:
+    """Hash of the n-gram starting at every word (those running past a text's end included)."""
+    if len(b.ws) < n:
+        return np.zeros(0, _U64)
     # sum_k wh[i+k] * base**(n-1-k): a polynomial over the word hashes; its top bits, which
     # the index sorts and screens on, depend on every input bit.
-    h = _window_poly(_word_hashes(b), n, base)
-    # The n-grams starting at the last n-1 words of a text (or anywhere in a shorter text)
-    # cross into the next text.
-    ends = b.first_word[1:]
-    lo = np.maximum(b.first_word[:-1], ends - n + 1)
-    cnt = ends - lo
-    pos = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))
-    inside = np.ones(count, dtype=bool)
-    inside[pos[pos < count]] = False
-    return h, inside
+    return _window_poly(_word_hashes(b), n, base)
+
+
+def _inside(b: _Batch, first: np.ndarray, n: int) -> np.ndarray:
+    """Whether the n-gram starting at word `first` ends inside the same text."""
+    text = np.searchsorted(b.first_word, first, side="right") - 1
+    return first + n <= b.first_word[text + 1]
 
 
 def _same_words(a: _Batch, ka: np.ndarray, b: _Batch, kb: np.ndarray, n: int) -> np.ndarray:
@@ -421,8 +417,9 @@ class NgramIndex:
         first_word: list[np.ndarray] = []
         for i in range(0, max(len(flat), 1), batch_size):
             x = tokenize_batch(flat[i: i + batch_size])
-            h, inside = _gram_hashes(x, n, self._base)
-            f = np.flatnonzero(inside)
+            h = _gram_hashes(x, n, self._base)
+            f = np.arange(len(h))
+            f = f[_inside(x, f, n)]
             h = h[f] & (self.mask & self._hi_mask)
             h |= (f + ws.size).astype(_U64)
             keys_out.extend(h)
@@ -502,7 +499,7 @@ class NgramIndex:
         if len(self._keys) == 0:
             return
         b = tokenize_batch(texts)
-        h, inside = _gram_hashes(b, self.n, self._base)
+        h = _gram_hashes(b, self.n, self._base)
         if self.mask != _U64((1 << 64) - 1):  # weakened hashes (tests): screen what was indexed
             h &= self.mask
         # The screen reads only the top bits; masking and the text-boundary check are left
@@ -510,7 +507,7 @@ class NgramIndex:
         byte = (h >> (self._shift + _U64(3))).view(np.int64)
         bit = ((h >> self._shift) & _U64(7)).view(np.int64)
         keep = np.flatnonzero((self._bits[byte] & _BIT[bit]) != 0)  # bool: the fast nonzero
-        keep = keep[inside[keep]]
+        keep = keep[_inside(b, keep, self.n)]
         if len(keep) == 0:
             return
         # Sorted needles make the binary searches cache-friendly (several times faster).
