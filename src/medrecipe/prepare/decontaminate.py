@@ -16,14 +16,16 @@ Definition (the reference implementation in the tests follows it word for word):
   ("views", e.g. the stem and the stem with its options); any view counts.
 
 How the production path is fast and still exact: a batch of texts becomes one byte
-buffer (ASCII texts as they are, other texts normalised and lower-cased in Python first);
-word characters are found with a few vectorised byte comparisons (a code-point table for
-multi-byte UTF-8 characters); each word is hashed from its bytes (8-byte windows) and each
-n-gram from its word hashes with a polynomial hash evaluated by prefix sums (numpy,
-arithmetic modulo 2**64). The benchmark hashes are sorted once; a training batch is first
-screened with a byte map over the hashes' top bits, the few survivors are looked up with
-``np.searchsorted``, and every hash hit is compared word by word (bytes) with the benchmark
-n-gram, so a hash collision can neither add nor lose a flag.
+buffer (ASCII texts as they are, other texts NFKC-normalised and lower-cased in Python
+first) that ``bytes.translate`` lower-cases with every non-word byte set to 0; multi-byte
+characters that are not word characters are zeroed through a code-point table. Each word
+is hashed from its first 16 bytes and its length (unaligned 8-byte reads), each n-gram from
+its word hashes with a polynomial hash (numpy, arithmetic modulo 2**64, built by doubling
+windows). The benchmark index is one sorted uint64 array of (32 hash bits, first word of
+the n-gram), built once. A training batch is screened with a bit set over the hashes' top
+bits (about 1-3% false positives), the survivors are looked up with ``np.searchsorted``,
+and every hash hit is compared word by word, byte for byte, with the benchmark n-gram, so
+a hash collision can neither add nor lose a flag.
 """
 
 from __future__ import annotations
