@@ -1,71 +1,20 @@
-"""Prepare: smart resize (parity with transformers' Qwen2-VL rule), resized copies stored once,
-reduced-size JPEG decoding, benchmark-image removal (exact and near duplicates)."""
+"""Prepare: resized copies stored once, reduced-size JPEG decoding, benchmark-image removal
+(exact and near duplicates), the stage's reasons and flags. smart_resize parity with
+transformers lives in test_smart_resize.py."""
 
 from __future__ import annotations
 
 import io
-import random
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from medrecipe.config import PrepareConfig, ResizeConfig
-from medrecipe.images import ImageStore, smart_resize
+from medrecipe.images import ImageStore
 from medrecipe.prepare.dedup import dhash, exact_matches, near_matches
 from medrecipe.prepare.resize import load_for_size, resize_all, target_size
 from medrecipe.prepare.stage import prepare
 from medrecipe.schema import ITEM_SCHEMA, Item, to_table
-
-
-def _sizes(n: int, seed: int = 0):
-    rnd = random.Random(seed)
-    out = [(1, 1), (27, 28), (28, 28), (56, 56), (512, 512), (100, 20000), (20000, 101),
-           (3000, 4000), (4000, 3000), (16384, 16384), (199 * 3, 3), (3, 199 * 3)]
-    while len(out) < n:
-        kind = rnd.random()
-        if kind < 0.4:
-            h, w = rnd.randint(1, 4096), rnd.randint(1, 4096)
-        elif kind < 0.8:
-            h, w = rnd.randint(10, 300), rnd.randint(10, 300)
-        else:
-            h = rnd.randint(1, 200)
-            w = max(1, min(h * rnd.randint(1, 199), 40000))
-            if rnd.random() < 0.5:
-                h, w = w, h
-        if max(h, w) / min(h, w) <= 200:
-            out.append((h, w))
-    return out
-
-
-def _transformers_rule():
-    """transformers' own smart_resize (the PIL image processor module needs no torchvision)."""
-    pytest.importorskip("transformers")
-    import importlib
-
-    for name in ("image_processing_pil_qwen2_vl", "image_processing_qwen2_vl"):
-        try:
-            return importlib.import_module(f"transformers.models.qwen2_vl.{name}")
-        except ImportError:
-            continue
-    pytest.skip("no importable Qwen2-VL image processor module in this transformers")
-
-
-def test_smart_resize_matches_transformers_on_10000_sizes():
-    mod = _transformers_rule()
-    for min_px, max_px in ((56 * 56, 262_144), (3136, 12_845_056), (128 * 28 * 28, 512 * 28 * 28)):
-        for h, w in _sizes(10_000 if max_px == 262_144 else 2_000):
-            expected = mod.smart_resize(h, w, factor=28, min_pixels=min_px, max_pixels=max_px)
-            assert smart_resize(h, w, factor=28, min_pixels=min_px, max_pixels=max_px) == \
-                tuple(expected), (h, w, min_px, max_px)
-
-
-def test_smart_resize_limits_and_aspect_error():
-    for h, w in _sizes(2_000, seed=1):
-        rh, rw = smart_resize(h, w)
-        assert rh % 28 == 0 and rw % 28 == 0 and rh * rw <= 262_144
-    with pytest.raises(ValueError, match="aspect ratio"):
-        smart_resize(10, 2010)
 
 
 def _jpeg(w: int, h: int, seed: int = 0) -> bytes:
