@@ -194,13 +194,15 @@ def print_ingest_table(run) -> None:
     from medrecipe.inspect import ingest_counts
 
     counts, tasks = ingest_counts(run)
-    t = Table(title="ingested items")
-    t.add_column("source")
-    t.add_column("role")
-    for task in tasks:
-        t.add_column(task, justify="right")
-    t.add_column("total", justify="right")
-    t.add_column("quarantined", justify="right")
+    short = {"mm_reasoning": "mm_reas", "mm_classification": "mm_cls", "open_vqa": "vqa"}
+    t = Table(title="ingested items", caption="mm_reas = mm_reasoning, mm_cls = "
+              "mm_classification, vqa = open_vqa; quar. = rows quarantined")
+    t.add_column("source", no_wrap=True)
+    t.add_column("role", max_width=9, overflow="ellipsis")
+    for task in tasks:  # short headers so the table fits an 80-column terminal
+        t.add_column(short.get(task, task), justify="right", no_wrap=True)
+    t.add_column("total", justify="right", no_wrap=True)
+    t.add_column("quar.", justify="right", no_wrap=True)
     for src, row in counts.items():
         t.add_row(src, row["role"], *[str(row["tasks"].get(k, 0)) for k in tasks],
                   str(row["total"]), str(row["quarantined"]))
