@@ -524,6 +524,8 @@ BARE_CASES = [
     case("F", BCSS, None, "none", None, id="bare-letter-out-of-range"),
     case("A 45-year-old man", BCSS, None, "none", None, id="bare-article-not-letter"),
     case("B\nC", BCSS, None, "none", None, id="bare-two-lines"),
+    case("(B) Tumor", BCSS, None, "none", None, id="bare-letter-contradicts-option-text"),
+    case("B: Stroma", BCSS, "B", "option_text", "Stroma", id="letter-agrees-with-option-text"),
     case("left lower lobe", None, "left lower lobe", "bare", "left lower lobe", id="bare-open-short"),
 ]
 

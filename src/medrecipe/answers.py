@@ -570,6 +570,8 @@ def _extract(text: str | None, opts: _Options | None) -> Extraction:
     res = _find_phrase(text, lower, start, opts)
     if res is not None:
         return res
+    if opts is not None and _letter_contradicts_text(text, start, opts):
+        return Extraction(None, "none", None, True, text[start:].strip())
     if opts is not None and opts.searchable:
         res = _find_option_text(lower, start, opts)
         if res is not None:
@@ -582,6 +584,18 @@ _BARE_MAX_OPEN_WORDS = 5
 # The whole reply is one letter, optionally wrapped ("(B)", "**B**", "B.") and optionally
 # followed by that letter's own option text ("B: Stroma", "(B) Stroma").
 _BARE_MC_RE = re.compile(r"^[\s*_`]*[(\[]?([A-Za-z])[)\]]?(?:[.:)\-]?\s+(.+?))?[\s*_`.]*$", re.S)
+
+
+def _letter_contradicts_text(text: str, start: int, opts: _Options) -> bool:
+    """A short reply "(B) <text of another option>": letter and text disagree, so no answer."""
+    s, e = _trim(text, start, len(text))
+    if s >= e or e - s > _BARE_MAX_CHARS or "\n" in text[s:e]:
+        return False
+    m = _BARE_MC_RE.match(text[s:e])
+    if m is None or m.group(2) is None or m.group(1).upper() not in opts.letters:
+        return False
+    named = opts.by_norm.get(normalize_open(m.group(2)))
+    return named is not None and named != m.group(1).upper()
 
 
 def _bare(text: str, start: int, opts: _Options | None) -> Extraction:
