@@ -122,3 +122,18 @@ def test_empty_generations_give_empty_verdicts(tables):
     _, items = tables
     out = grade_generations(GENERATION_SCHEMA.empty_table(), items, GradeConfig())
     assert out.num_rows == 0 and out.schema == VERDICT_SCHEMA
+
+
+def test_an_invalid_final_answer_is_kept_apart_from_no_answer():
+    from medrecipe.answers import grade_generations
+    from medrecipe.schema import GENERATION_SCHEMA, ITEM_SCHEMA, Generation, Item, to_table
+
+    item = Item(id="s/1", source="s", task="text", question="Q?", options=["a", "b", "c", "d"],
+                answer="B")
+    gens = [Generation(key=k, item_id="s/1", teacher="t", model="m", text=t)
+            for k, t in (("g1", "\\boxed{F}"), ("g2", "I am not sure."), ("g3", "\\boxed{B}"))]
+    v = grade_generations(to_table(gens, GENERATION_SCHEMA), to_table([item], ITEM_SCHEMA))
+    rows = {r["key"]: r for r in v.to_pylist()}
+    assert rows["g1"]["correct"] is None and rows["g1"]["invalid"] == "F"
+    assert rows["g2"]["correct"] is None and rows["g2"]["invalid"] is None
+    assert rows["g3"]["correct"] is True and rows["g3"]["invalid"] is None

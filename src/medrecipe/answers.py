@@ -709,6 +709,7 @@ def grade_generations(
     span_end: list[int | None] = [None] * n
     terminated: list[bool] = [True] * n
     correct: list[bool | None] = [None] * n
+    invalid: list[str | None] = [None] * n
     to_judge: list[int] = []
 
     texts, errors, item_ids = cols["text"], cols["error"], cols["item_id"]
@@ -721,6 +722,7 @@ def grade_generations(
         ex = _extract(text, opts)
         terminated[r] = ex.terminated
         if ex.answer is None:
+            invalid[r] = ex.invalid[:500] if ex.invalid else None
             continue
         answer[r] = ex.answer
         method[r] = ex.method
@@ -752,6 +754,7 @@ def grade_generations(
             "teacher": cols["teacher"], "sample_index": cols["sample_index"],
             "answer": answer, "method": method, "span_start": span_start,
             "span_end": span_end, "terminated": terminated, "correct": correct,
+            "invalid": invalid,
         },
         schema=VERDICT_SCHEMA,
     )

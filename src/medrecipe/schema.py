@@ -136,6 +136,7 @@ class Verdict(BaseModel):
     span_end: int | None = None
     terminated: bool = True
     correct: bool | None = None  # None: not gradable (no answer, failed generation)
+    invalid: str | None = None  # a final answer was given but is not a valid one (raw text)
 
 
 class QuarantineRow(BaseModel):
@@ -202,6 +203,7 @@ VERDICT_SCHEMA = pa.schema(
         pa.field("span_end", pa.int64()),
         pa.field("terminated", pa.bool_()),
         pa.field("correct", pa.bool_()),
+        pa.field("invalid", pa.string()),
     ]
 )
 

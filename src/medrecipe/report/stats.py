@@ -163,11 +163,12 @@ def _verdict_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
         c["correct"] += r.get("correct") is True
         c["wrong"] += r.get("correct") is False
         c["unparsed"] += r["unparsed"]
+        c["invalid"] += bool(r.get("invalid"))  # unparsed because the final answer was not valid
         c["unterminated"] += r.get("terminated") is False
         c["failed"] += r["failed"]
         c["ungradable"] += r.get("correct") is None
-    out = {k: int(c[k]) for k in ("total", "correct", "wrong", "unparsed", "unterminated",
-                                  "failed", "ungradable")}
+    out = {k: int(c[k]) for k in ("total", "correct", "wrong", "unparsed", "invalid",
+                                  "unterminated", "failed", "ungradable")}
     out["accuracy"] = _rate(c["correct"], c["correct"] + c["wrong"])
     out["unparsed_rate"] = _rate(c["unparsed"], c["total"])
     out["unterminated_rate"] = _rate(c["unterminated"], c["total"])
