@@ -10,19 +10,7 @@ from PIL import Image
 
 from medrecipe.config import SourceSpec
 from medrecipe.errors import SourceError
-from medrecipe.images import ImageStore
-from medrecipe.schema import items_from_table
-from medrecipe.sources import BuildStats, load
-
-
-def ingest(spec: SourceSpec, tmp_path: Path):
-    store = ImageStore(tmp_path / "store")
-    quarantine: list = []
-    stats = BuildStats()
-    items = [it for t in load(spec, images=store, quarantine=quarantine, stats=stats)
-             for it in items_from_table(t)]
-    return items, quarantine, stats, store
-
+from source_helpers import ingest
 
 _counter = [0]
 

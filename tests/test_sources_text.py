@@ -8,23 +8,13 @@ import pytest
 
 from medrecipe.config import SourceSpec
 from medrecipe.errors import SourceError
-from medrecipe.images import ImageStore
-from medrecipe.schema import items_from_table
-from medrecipe.sources import BuildStats, adapters, load
+from medrecipe.sources import adapters
 from medrecipe.sources.text_mcq import strip_embedded_choices
+from source_helpers import ingest
 
 datasets = pytest.importorskip("datasets")
 
 FIX = Path(__file__).parent / "fixtures" / "sources"
-
-
-def ingest(spec: SourceSpec, tmp_path: Path):
-    store = ImageStore(tmp_path / "images")
-    quarantine: list = []
-    stats = BuildStats()
-    items = [it for t in load(spec, images=store, quarantine=quarantine, stats=stats)
-             for it in items_from_table(t)]
-    return items, quarantine, stats, store
 
 
 def save_hf(tmp_path: Path, rows: dict, features=None, name: str = "ds") -> str:

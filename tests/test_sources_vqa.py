@@ -10,22 +10,11 @@ import pytest
 from PIL import Image
 
 from medrecipe.config import SourceSpec
-from medrecipe.images import ImageStore
-from medrecipe.schema import items_from_table
-from medrecipe.sources import BuildStats, load
+from source_helpers import ingest
 
 datasets = pytest.importorskip("datasets")
 
 FIX = Path(__file__).parent / "fixtures" / "sources"
-
-
-def ingest(spec: SourceSpec, tmp_path: Path):
-    store = ImageStore(tmp_path / "images")
-    quarantine: list = []
-    stats = BuildStats()
-    items = [it for t in load(spec, images=store, quarantine=quarantine, stats=stats)
-             for it in items_from_table(t)]
-    return items, quarantine, stats, store
 
 
 def png(colour) -> bytes:

@@ -9,7 +9,6 @@ filter re-runs select/export/report only, and teacher requests are served from t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +95,7 @@ def ingest_source(ctx: Context, spec: SourceSpec) -> str:
     name = f"ingest.{spec.name}"
     out = f"ingest/{spec.name}"
     get_adapter(spec.adapter)  # fail early on an unknown adapter name
+    data_fp = source_fingerprint(spec)  # walks a folder source once per run
 
     def body() -> StageResult:
         rows: list[QuarantineRow] = []
@@ -112,13 +112,13 @@ def ingest_source(ctx: Context, spec: SourceSpec) -> str:
         sources = ctx.run.manifest.setdefault("sources", {})
         sources[spec.name] = {"adapter": spec.adapter, "path": spec.path, "revision": spec.revision,
                               "hf_config": spec.hf_config, "role": spec.role,
-                              "fingerprint": source_fingerprint(spec)}
+                              "fingerprint": data_fp}
         return StageResult(rows={"items": stats.items, "quarantined": stats.quarantined,
                                  "skipped": stats.skipped, "read": stats.rows},
                            extra={"quarantine_reasons": reasons,
                                   "skip_reasons": dict(stats.skip_reasons)})
 
-    ran, rec = run_stage(ctx.run, name, config_hash(spec), {"data": source_fingerprint(spec)},
+    ran, rec = run_stage(ctx.run, name, config_hash(spec), {"data": data_fp},
                          [out], body, force=ctx.forced("ingest"))
     q, skipped = rec.rows.get("quarantined", 0), rec.rows.get("skipped", 0)
     verb = "ingested" if ran else "up to date"
@@ -138,10 +138,6 @@ def read_source_items(run: Run, names: list[str]) -> pa.Table:
     """Concatenated ingested Items of the named sources."""
     tables = [run.read_table(f"ingest/{n}") for n in names if run.has(f"ingest/{n}")]
     return pa.concat_tables(tables) if tables else ITEM_SCHEMA.empty_table()
-
-
-def items_fingerprint(fps: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(fps.items())).encode()).hexdigest()[:16]
 
 
 def output_fingerprint(rec) -> str:

@@ -256,10 +256,6 @@ def records_from_table(table: pa.Table, model: type[BaseModel]) -> list[BaseMode
     return [model.model_construct(**row) for row in table.to_pylist()]
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def make_item(row: dict[str, Any], *, source: str, row_index: int | str) -> Item:
     """Validate one raw row into an Item; errors name the source, row and field."""
     try:

@@ -174,10 +174,8 @@ class Run:
         sink.commit()
 
     def write_table(self, name: str, table: pa.Table) -> Path:
-        with self.writer(name, table.schema) as w:
+        with self.writer(name, table.schema) as w:  # no rows still makes a valid empty file
             w.write(table)
-        if table.num_rows == 0:  # ParquetWriter with no rows still writes a valid file
-            pass
         return self.path(name)
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:

@@ -32,8 +32,7 @@ from medrecipe.train.sft import (
     _write_log,
     count_parameters,
     load_for_training,
-    lora_config,
-    lora_modules_to_save,
+    peft_config_for,
 )
 
 log = logging.getLogger(__name__)
@@ -183,11 +182,7 @@ def build_grpo_trainer(
     ds, raw = build_grpo_dataset(cfg)
     model, processor, _ = load_for_training(cfg)
     device, bf16 = _device_and_precision(cfg)
-    peft_config = None
-    if cfg.finetuning == "lora":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        peft_config = lora_config(cfg.lora, lora_modules_to_save(model, cfg))
+    peft_config = peft_config_for(model, cfg)
     accum = cfg.gradient_accumulation_steps()
     per_step = cfg.per_device_batch_size * cfg.world_size()
     if (per_step * accum) % cfg.num_generations:

@@ -388,6 +388,15 @@ def load_for_training(cfg: Any) -> tuple[Any, Any, bool]:
     return model, processor, adapter
 
 
+def peft_config_for(model: Any, cfg: Any) -> Any:
+    """The LoRA config for a model (base weights frozen first), or None for full fine-tuning."""
+    if cfg.finetuning != "lora":
+        return None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return lora_config(cfg.lora, lora_modules_to_save(model, cfg))
+
+
 def lora_modules_to_save(model: Any, cfg: Any) -> list[str]:
     """Whole modules trained next to the adapters (vision tower / projector when unfrozen)."""
     keep: list[str] = []
@@ -455,11 +464,7 @@ def build_sft_trainer(cfg: SFTConfig, out_dir: Path | None = None):
     check_columns(ds, ["messages"], cfg.dataset)
     model, processor, _ = load_for_training(cfg)
     device, bf16 = _device_and_precision(cfg)
-    peft_config = None
-    if cfg.finetuning == "lora":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        peft_config = lora_config(cfg.lora, lora_modules_to_save(model, cfg))
+    peft_config = peft_config_for(model, cfg)
     rope_index = None
     if cfg.padding_free:
         rope_index = getattr(_inner(model), "get_rope_index", None)
