@@ -150,11 +150,14 @@ def test_responder_output_and_token_usage_are_recorded(tmp_path):
 
 def test_429_with_retry_after_is_honoured(server, tmp_path):
     server.inject("429", times=2, retry_after=0.25)
-    res = run(teacher(server, max_in_flight=1), requests(1), tmp_path / "c")
+    clock = _FakeClock()
+    eng = Engine({"t": teacher(server, max_in_flight=1)}, tmp_path / "c", progress=False,
+                 clock=clock, sleep=clock.sleep)
+    res = eng.run(requests(1))
     assert server.count == 3 and res.failures == 0
-    times = [r.at for r in server.received]
-    # The client waited at least as long as the server asked, each time.
-    assert times[1] - times[0] >= 0.25 and times[2] - times[1] >= 0.25
+    # The client waited at least as long as the server asked, each time (by its own clock).
+    waits = [s for s in clock.sleeps if s > 0]
+    assert len(waits) >= 2 and all(w >= 0.25 for w in waits[:2])
     assert res.generations[0].error is None
 
 
@@ -270,13 +273,6 @@ def test_in_flight_limit_is_respected(tmp_path):
         assert srv.count == 12
 
 
-def test_requests_per_minute_limit_paces_the_endpoint(server, tmp_path):
-    run(teacher(server, requests_per_minute=600), requests(8), tmp_path / "c")  # one per 0.1 s
-    times = sorted(r.at for r in server.received)
-    assert len(times) == 8
-    assert times[-1] - times[0] >= 0.65  # seven gaps of 0.1 s, minus clock slack
-
-
 class _FakeClock:
     def __init__(self):
         self.now = 100.0
@@ -307,6 +303,69 @@ def test_requests_per_minute_are_paced(monkeypatch):
     lim = RateLimiter(requests_per_minute=120, burst_s=0.0, clock=clock)
     starts = _start_times(lim, clock, [0] * 5)
     assert [round(s - starts[0], 6) for s in starts] == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+def test_an_idle_or_fresh_limiter_lets_no_burst_through():
+    # Providers enforce RPM over short windows: 600 RPM is about 10 requests in any second.
+    clock = _FakeClock()
+    lim = RateLimiter(requests_per_minute=600, clock=clock, sleep=clock.sleep)
+    clock.now += 30.0  # created long before the first call (or idle between calls)
+    first = _start_times(lim, clock, [0] * 8)
+    assert [round(s - first[0], 6) for s in first] == [round(0.1 * i, 6) for i in range(8)]
+    clock.now += 120.0  # idle again: still no credit for the missed slots
+    second = _start_times(lim, clock, [0] * 3)
+    assert [round(s - second[0], 6) for s in second] == [0.0, 0.1, 0.2]
+
+
+def test_concurrent_callers_get_evenly_spaced_slots():
+    import math
+    import random
+
+    clock = _FakeClock()
+    starts: list[float] = []
+
+    async def sleep_until(s: float) -> None:  # every caller arrives at the same instant
+        starts.append(clock.now + s)
+
+    lim = RateLimiter(requests_per_minute=600, clock=clock, sleep=sleep_until)
+
+    async def go():
+        await asyncio.gather(*(lim.acquire() for _ in range(8)))
+
+    asyncio.run(go())
+    assert sorted(round(s - clock.now, 6) for s in starts) == [round(0.1 * i, 6)
+                                                               for i in range(1, 8)]
+    # Arrivals at random times: no window of w seconds ever holds more than ceil(w*rpm/60).
+    rng = random.Random(5)
+    clock2 = _FakeClock()
+    lim2 = RateLimiter(requests_per_minute=300, clock=clock2, sleep=clock2.sleep)
+    times = []
+    for _ in range(300):
+        clock2.now += rng.choice([0.0, 0.0, 0.05, 0.3, 2.0])
+        times.extend(_start_times(lim2, clock2, [0]))
+    for w in (0.5, 1.0, 5.0):
+        most = max(sum(1 for t in times if a <= t < a + w - 1e-9) for a in times)
+        assert most <= math.ceil(w * 300 / 60)
+
+
+def test_engine_paces_requests_on_the_endpoint_by_the_injected_clock(tmp_path):
+    clock = _FakeClock()
+    seen: list[float] = []
+
+    def responder(body, i):  # runs when the request reaches the server
+        seen.append(clock.now)
+        return "<answer>A</answer>"
+
+    def slow_start():  # the teacher's limiter exists long before the first request
+        clock.now += 5.0
+        yield from requests(8)
+
+    with ChatServer(responder=responder) as srv:
+        eng = Engine({"t": teacher(srv, requests_per_minute=600, max_in_flight=1)},
+                     tmp_path / "c", progress=False, clock=clock, sleep=clock.sleep)
+        res = eng.run(slow_start())
+    assert res.failures == 0 and srv.count == 8
+    assert [round(t - seen[0], 6) for t in seen] == [round(0.1 * i, 6) for i in range(8)]
 
 
 def test_tokens_per_minute_are_paced_and_corrected(monkeypatch):
@@ -357,3 +416,74 @@ def test_failures_are_logged_without_the_key(server, tmp_path, monkeypatch, capl
     res = run(teacher(server, api_key_env="GEN_TEST_KEY"), requests(1), tmp_path / "c")
     assert "echo Bearer ***" in res.generations[0].error
     assert "sk-secret-zyx987" not in caplog.text and "echo Bearer ***" in caplog.text
+
+
+# ---------------------------------------------------------------------------- every attempt counts
+
+
+def test_connection_closed_without_answer_is_an_attempt_in_the_ledger(server, tmp_path):
+    # The server reads the request (and may bill it), then closes the kept-alive connection.
+    server.inject("close", times=50, match=lambda b: "number 1?" in json.dumps(b))
+    cfg = teacher(server, max_retries=3, max_in_flight=1)
+    res = run(cfg, requests(3), tmp_path / "c")
+    bad = [g for g in res.generations if g.error]
+    assert [g.item_id for g in bad] == ["q1"] and "after 4 attempts" in bad[0].error
+    tries = [r for r in server.received if "number 1?" in json.dumps(r.body)]
+    assert len(tries) == 1 + cfg.max_retries  # never more than max_retries resends
+    assert res.requests_sent == server.count == res.by_teacher["t"]["requests"]
+
+
+@pytest.mark.parametrize("content", [None, "", "   \n"])
+def test_empty_replies_are_failed_attempts_not_answers(tmp_path, content):
+    calls = {"n": 0}
+
+    def responder(body, i):
+        calls["n"] += 1
+        if "number 0?" in json.dumps(body) and calls["n"] <= 2:
+            return {"content": content, "finish_reason": "stop"}
+        if "number 1?" in json.dumps(body):
+            return {"content": content, "finish_reason": "stop"}
+        return "<answer>A</answer>"
+
+    with ChatServer(responder=responder) as srv:
+        cfg = teacher(srv, max_retries=2, max_in_flight=1)
+        res = run(cfg, requests(3), tmp_path / "c")
+        by_id = {g.item_id: g for g in res.generations}
+        assert by_id["q0"].text == "<answer>A</answer>"  # retried until a real answer came
+        assert by_id["q1"].text is None and "empty reply" in by_id["q1"].error
+        assert "after 3 attempts" in by_id["q1"].error
+        assert res.failures == 1 and res.requests_sent == srv.count
+        before = srv.count
+        again = run(cfg, requests(3), tmp_path / "c")  # the empty one was not cached
+        assert again.cached == 2 and srv.count == before + 3
+        # A user who really wants empty replies can keep them (and they are cached).
+        kept = run(teacher(srv, allow_empty=True), requests(3), tmp_path / "c2")
+        assert kept.failures == 0 and {g.item_id: g.text for g in kept.generations}["q1"] in (
+            None, "", "   \n")
+
+
+def test_budget_keeps_sending_while_spend_plus_reservations_fit(tmp_path):
+    # Worst case per call (max_tokens) is 50x what an answer really costs.
+    with ChatServer(latency=0.02) as srv:
+        cfg = teacher(srv, max_in_flight=8, native_n=False,
+                      price=Price(input_per_mtok=0.0, output_per_mtok=1e6),
+                      sampling=SamplingConfig(max_tokens=800, seed=1))
+        worst = 800.0
+        res = run(cfg, requests(40), tmp_path / "c", budget_usd=5 * worst)
+        # Old behaviour: 5 worst cases fill the budget and the stop is final (~5 answers).
+        assert res.complete and res.failures == 0 and len(res.generations) == 40
+        assert res.spend_usd <= 5 * worst and srv.count == 40
+
+
+def test_budget_is_never_exceeded_when_answers_use_max_tokens(tmp_path):
+    long_answer = "word " * 400  # ~500 tokens by the server's count
+
+    with ChatServer(responder=lambda b, i: long_answer) as srv:
+        per_call = (len(long_answer) // 4) * 1.0
+        cfg = teacher(srv, max_in_flight=4, native_n=False,
+                      price=Price(input_per_mtok=0.0, output_per_mtok=1e6),
+                      sampling=SamplingConfig(max_tokens=len(long_answer) // 4, seed=1))
+        res = run(cfg, requests(10), tmp_path / "c", budget_usd=3.5 * per_call + 50)
+        assert res.stopped == "budget" and not res.complete
+        assert res.spend_usd <= 3.5 * per_call + 50
+        assert len(res.generations) == 3 and res.not_launched == 7

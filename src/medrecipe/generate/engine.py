@@ -128,6 +128,11 @@ def _split_tokens(total: int, texts: Sequence[str | None]) -> list[int]:
     return out
 
 
+def _is_empty(c: Any) -> bool:
+    """A choice with no text at all (content null or blank): a failed attempt, not an answer."""
+    return c.text is None or not str(c.text).strip()
+
+
 def _prompt_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
     chars, images = 0, 0
     for m in messages:
@@ -202,7 +207,8 @@ class Engine:
                  cache: RequestCache | str | Path | None, *, images: ImageStore | None = None,
                  budget_usd: float | None = None, progress: bool | None = None,
                  backends: Mapping[str, Backend] | None = None, description: str = "generate",
-                 seed: int | None = None):
+                 seed: int | None = None, clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Any] | None = None):
         self.teachers = dict(teachers)
         self.cache_spec = cache  # a RequestCache, or a folder / .sqlite path opened per run
         self.images = images
@@ -211,6 +217,9 @@ class Engine:
         self._given_backends = dict(backends or {})
         self.description = description
         self._rng = random.Random(seed)
+        # Time source and sleep of the rate limiters and retry waits (tests inject fakes).
+        self.clock = clock or time.monotonic
+        self.sleep = sleep or asyncio.sleep
         # Secrets known to this process: scrubbed from every error text the engine keeps.
         self._secrets = sorted({os.environ[t.api_key_env] for t in self.teachers.values()
                                 if t.api_key_env and os.environ.get(t.api_key_env)},
@@ -265,8 +274,11 @@ class _Run:
         self.collected: list[tuple[int, int, Generation]] = []
         self.stop_reason: str | None = None
         self.fatal: UserError | None = None
-        self.reserved = 0.0  # estimated cost of calls in flight (for the budget)
-        self.cost_per_sample: float | None = None
+        self.reserved = 0.0  # worst-case cost of the calls in flight (for the budget)
+        self._calls_in_flight = 0
+        self._budget_cond = asyncio.Condition()
+        self._cache_failed = False
+        self.unsaved = 0  # responses received after the cache became unwritable
         self._owned: list[Backend] = []
         self._cache_buf: list[tuple[str, dict[str, Any]]] = []
 
@@ -284,7 +296,8 @@ class _Run:
             backend = make_backend(cfg, self.e.images, name=name)
             self._owned.append(backend)
         t = _Teacher(name=name, cfg=cfg, backend=backend,
-                     limiter=RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute),
+                     limiter=RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute,
+                                         clock=self.e.clock, sleep=self.e.sleep),
                      queue=asyncio.Queue(maxsize=2 * cfg.max_in_flight),
                      native=cfg.native_n and getattr(backend, "supports_n", False),
                      avg_completion=float(min(cfg.sampling.max_tokens, 1024)))
@@ -366,33 +379,56 @@ class _Run:
             await t.queue.put(_Unit(ordinal, req, sampling, base, g, est))
 
     # ------------------------------------------------------------------ workers
-    def _over_budget(self, t: _Teacher, unit: _Unit) -> bool:
+    def _fits_budget(self, estimate: float) -> bool:
         budget = self.e.budget_usd
-        if budget is None:
-            return False
-        return self.res.spend_usd + self.reserved + self._estimate(t, unit) > budget + 1e-12
+        return budget is None or self.res.spend_usd + self.reserved + estimate <= budget + 1e-12
 
     def _estimate(self, t: _Teacher, unit: _Unit) -> float:
-        if self.cost_per_sample is not None:
-            return self.cost_per_sample * len(unit.indices)
-        # Nothing seen yet: assume the longest answer the sampling settings allow.
+        # The most this unit can cost: its prompt and the longest answer the sampling allows.
+        # Reserving the worst case keeps the committed spend under the cap; what a call did
+        # not use goes back to the pool the moment it returns.
         return _cost(t.cfg.price, unit.prompt_estimate,
                      unit.sampling.max_tokens * len(unit.indices))
+
+    async def _reserve(self, t: _Teacher, unit: _Unit) -> float | None:
+        """Reserve this unit's worst-case cost; wait while calls in flight may free enough.
+
+        None when the budget cannot take it even with nothing in flight (the run stops).
+        """
+        estimate = self._estimate(t, unit)
+        if self.e.budget_usd is not None:
+            async with self._budget_cond:
+                await self._budget_cond.wait_for(
+                    lambda: self._fits_budget(estimate) or self._calls_in_flight == 0
+                    or self.stop_reason is not None)
+                if self.stop_reason is None and not self._fits_budget(estimate):
+                    self.stop_reason = "budget"
+                    log.warning("budget of $%.4f reached ($%.4f spent); no new requests are "
+                                "launched", self.e.budget_usd, self.res.spend_usd)
+        if self.stop_reason is not None or t.tripped:
+            return None
+        self.reserved += estimate
+        self._calls_in_flight += 1
+        return estimate
+
+    async def _release(self, reservation: float) -> None:
+        self.reserved -= reservation
+        self._calls_in_flight -= 1
+        if self.e.budget_usd is not None:
+            async with self._budget_cond:
+                self._budget_cond.notify_all()
 
     async def _worker(self, t: _Teacher) -> None:
         while True:
             unit = await t.queue.get()
             if unit is None:
                 return
-            if self.stop_reason is None and not t.tripped and self._over_budget(t, unit):
-                self.stop_reason = "budget"
-                log.warning("budget of $%.4f reached; no new requests are launched",
-                            self.e.budget_usd)
-            if self.stop_reason is not None or t.tripped:
+            reservation = None
+            if self.stop_reason is None and not t.tripped:
+                reservation = await self._reserve(t, unit)
+            if reservation is None:
                 self.res.not_launched += len(unit.indices)
                 continue
-            reservation = self._estimate(t, unit)
-            self.reserved += reservation
             try:
                 await self._fetch(t, unit)
             except Exception as e:  # noqa: BLE001 - a bug in one call must not sink the run
@@ -401,9 +437,11 @@ class _Run:
                           unit.req.item_id, msg)
                 self._fail(t, unit, unit.indices, f"unexpected error: {msg}")
             finally:
-                self.reserved -= reservation
+                await self._release(reservation)
 
     async def _fetch(self, t: _Teacher, unit: _Unit) -> None:
+        """Every attempt counts: each call that may have reached the server is in the ledger,
+        and the calls for one sample never exceed 1 + max_retries."""
         cfg = t.cfg
         req = unit.req
         pending = list(unit.indices)
@@ -421,6 +459,7 @@ class _Run:
                                item_id=req.item_id, sample_indices=tuple(pending[:n]))
             self.res.requests_sent += 1
             self._ledger(t.name)["requests"] += 1
+            tries = attempt + 1
             try:
                 resp = await t.backend.complete(call)
             except BackendError as e:
@@ -434,7 +473,6 @@ class _Run:
                     self._fail(t, unit, pending, msg)
                     return
                 if not e.retryable or attempt >= cfg.max_retries:
-                    tries = attempt + 1
                     self._fail(t, unit, pending, f"{msg} (after {tries} attempt"
                                                  f"{'s' if tries > 1 else ''})")
                     return
@@ -445,21 +483,44 @@ class _Run:
                 log.debug("teacher %s, item %s: %s; retry %d in %.2fs", t.name, req.item_id,
                           msg, attempt + 1, delay)
                 attempt += 1
-                await asyncio.sleep(delay)
+                await self.e.sleep(delay)
                 continue
             t.limiter.correct_tokens(tokens_est, resp.prompt_tokens + resp.completion_tokens)
-            got = resp.completions[:len(call.sample_indices)]
-            if got:
-                self._store(t, unit, list(call.sample_indices[:len(got)]), resp, got)
-                pending = [i for i in pending if i not in call.sample_indices[:len(got)]]
+            asked = list(call.sample_indices)
+            got = resp.completions[:len(asked)]
+            usable = [(i, c) for i, c in zip(asked, got, strict=False)
+                      if cfg.allow_empty or not _is_empty(c)]
+            if usable:
+                # An empty choice carries (almost) no tokens: the call's usage is shared
+                # over the kept ones, so its cost is still fully counted.
+                self._store(t, unit, [i for i, _ in usable], resp, [c for _, c in usable])
+                done = {i for i, _ in usable}
+                pending = [i for i in pending if i not in done]
                 t.consecutive_failures = 0
-            if pending and not got:
+            else:
+                # Nothing usable came back, but the call was made and billed: charge it.
+                self._charge_unusable(t, resp)
+            if pending and len(usable) < len(asked):
+                problem = "the response had no choices" if not got else (
+                    "empty reply (content null or empty)")
                 if attempt >= cfg.max_retries:
-                    self._fail(t, unit, pending, "response had no choices")
+                    self._fail(t, unit, pending, f"{problem} (after {tries} attempt"
+                                                 f"{'s' if tries > 1 else ''})")
                     return
                 attempt += 1
+                await self.e.sleep(backoff_delay(attempt - 1, cfg.backoff_base_s,
+                                                 cfg.backoff_max_s, None, self.e._rng))
 
     # ------------------------------------------------------------------ results
+    def _charge_unusable(self, t: _Teacher, resp: Any) -> None:
+        """Spend of a call whose choices were all unusable (no generation carries it)."""
+        cost = _cost(t.cfg.price, resp.prompt_tokens, resp.completion_tokens)
+        self.res.spend_usd += cost
+        self.res.cost_usd_total += cost
+        led = self._ledger(t.name)
+        led["spend_usd"] += cost
+        led["cost_usd"] += cost
+
     def _store(self, t: _Teacher, unit: _Unit, indices: list[int], resp: Any,
                got: list[Any]) -> None:
         cfg = t.cfg
@@ -495,7 +556,6 @@ class _Run:
         t.completions_seen += k
         t.avg_completion += (sum(comp) / k - t.avg_completion) * min(1.0, k / max(1, t.completions_seen))
         fetched = self.res.samples - self.res.cached
-        self.cost_per_sample = self.res.spend_usd / max(1, fetched - self.res.failures)
         if self.bar:
             self.bar.advance(k, self.res.spend_usd, self.res.failures, fetched=k)
 
@@ -503,14 +563,22 @@ class _Run:
         if not self._cache_buf or self.cache is None:
             return
         batch, self._cache_buf = self._cache_buf, []
+        if self._cache_failed:
+            # Said once already; the answers of calls still in flight go to the output only.
+            self.unsaved += len(batch)
+            return
         try:
-            self.cache.put_many(batch)
+            self.cache.put_many(batch)  # one transaction: all of the batch or none of it
         except Exception as e:  # noqa: BLE001 - disk full, read-only folder, ...
-            log.error("cannot write the request cache %s: %s", self.cache.path, e)
+            self._cache_failed = True
+            self.unsaved += len(batch)
+            log.error("cannot write the request cache %s: %s; no new requests are sent",
+                      self.cache.path, e)
             self.stop_reason = "cache"
-            self.fatal = UserError(f"cannot write the request cache at {self.cache.path}: {e}; "
-                                   "free disk space or set generate.cache_dir to a writable "
-                                   "folder (answers received so far are in the output)")
+            self.fatal = UserError(
+                f"cannot write the request cache at {self.cache.path}: {e}. Free disk space "
+                "or make the folder writable (or set generate.cache_dir), then re-run: the "
+                "cache holds every answer stored before this point, and nothing half-written")
 
     def _fail(self, t: _Teacher, unit: _Unit, indices: list[int], error: str) -> None:
         error = self.e.redact(error)

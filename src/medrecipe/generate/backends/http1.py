@@ -51,10 +51,6 @@ class _Conn:
             pass
 
 
-class _FreshConnectionNeeded(Exception):
-    """A reused keep-alive connection was closed by the server before it answered."""
-
-
 class Http1Transport(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive transport with a per-origin pool of at most `max_connections`."""
 
@@ -104,16 +100,13 @@ class Http1Transport(httpx.AsyncBaseTransport):
         else:
             await self._slots.acquire()  # free slot: returns at once
         try:
-            for _ in range(2):
-                conn = self._take(origin)
-                if conn is None:
-                    conn = await self._connect(origin, timeouts.get("connect"))
-                try:
-                    return await self._exchange(conn, origin, payload, request,
-                                                timeouts.get("read"))
-                except _FreshConnectionNeeded:
-                    continue
-            raise httpx.RemoteProtocolError("the server closed the connection without answering")
+            conn = self._take(origin)
+            if conn is None:
+                conn = await self._connect(origin, timeouts.get("connect"))
+            # No resend here, even when a reused keep-alive connection dies before any
+            # answer: the server may have read (and billed) the request, so the engine
+            # must see the attempt, count it and decide whether a retry is allowed.
+            return await self._exchange(conn, origin, payload, request, timeouts.get("read"))
         finally:
             self._slots.release()
 
@@ -143,8 +136,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
             except asyncio.TimeoutError:
                 raise httpx.ReadTimeout(f"no complete response within {timeout:g} s") from None
             except (asyncio.IncompleteReadError, ConnectionError) as e:
-                if conn.reused and not getattr(e, "partial", b""):
-                    raise _FreshConnectionNeeded() from None
+                if not getattr(e, "partial", b""):
+                    where = "a reused keep-alive" if conn.reused else "the"
+                    raise httpx.RemoteProtocolError(
+                        f"the server closed {where} connection without answering") from None
                 raise httpx.ReadError(f"connection lost while reading the response: {e!r}") from None
             except asyncio.LimitOverrunError:
                 raise httpx.RemoteProtocolError("response header too large") from None
