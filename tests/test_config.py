@@ -99,3 +99,83 @@ def test_packaged_recipes_validate():
     ev = load_eval_config(packaged_recipe("eval_octomed"))
     assert {b.name for b in ev.benchmarks} >= {"medqa", "pmc_vqa", "brain_tumor"}
     assert ev.seeds == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- values that cannot work
+
+
+def _with(path: str, value):
+    import copy
+
+    data = copy.deepcopy(BASE)
+    node = data
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("path, value", [
+    ("generate.budget_usd", 0),
+    ("generate.budget_usd", -1.5),
+    ("teachers.r.timeout_s", 0),
+    ("teachers.r.sampling", {"max_tokens": -5}),
+    ("teachers.r.sampling", {"temperature": -3}),
+    ("teachers.r.sampling", {"top_p": 0}),
+    ("teachers.r.requests_per_minute", -10),
+    ("teachers.r.tokens_per_minute", 0),
+    ("select.pass_rate", {"min_correct": 9, "max_correct": 3}),
+    ("select.difficulty", {"judge": "r", "min_rating": 7, "max_rating": 2}),
+])
+def test_values_that_cannot_work_fail_validation_with_their_path(tmp_path, path, value):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_write(tmp_path, _with(path, value)))
+    top = path.split(".")[0]
+    assert any(loc.startswith(top) for loc, _ in e.value.problems), e.value.problems
+
+
+@pytest.mark.parametrize("url", ["htps://127.0.0.1/v1", "127.0.0.1:8000/v1", "ftp://host/v1",
+                                 "http://host:port/v1", "https:///v1"])
+def test_base_url_must_be_http_or_https(tmp_path, url):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_write(tmp_path, _with("teachers.r.base_url", url)))
+    assert e.value.problems[0][0] == "teachers.r.base_url"
+
+
+def test_an_api_key_never_goes_over_plain_http_to_another_host(tmp_path):
+    remote = _with("teachers.r", {"model": "m", "base_url": "http://10.1.2.3:8000/v1",
+                                  "api_key_env": "SOME_KEY"})
+    with pytest.raises(RecipeError, match="unencrypted"):
+        load_recipe(_write(tmp_path, remote))
+    remote["teachers"]["r"]["allow_insecure_http"] = True
+    assert load_recipe(_write(tmp_path, remote))[0].teachers["r"].allow_insecure_http
+    for ok in ("https://api.example.com/v1", "http://127.0.0.1:9/v1", "http://localhost:9/v1",
+               "http://[::1]:9/v1", "http://10.1.2.3:8000/v1"):  # the last one: no key
+        t = {"model": "m", "base_url": ok}
+        if "10.1.2.3" not in ok:
+            t["api_key_env"] = "SOME_KEY"
+        r, _ = load_recipe(_write(tmp_path, _with("teachers.r", t)))
+        assert r.teachers["r"].base_url == ok
+
+
+def test_preflight_reports_missing_key_variable_and_template_before_any_work(tmp_path,
+                                                                               monkeypatch):
+    from medrecipe.config import preflight
+
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    data = _with("teachers.r", {"model": "m", "base_url": "http://127.0.0.1:9/v1",
+                                "api_key_env": "NOT_SET_ANYWHERE",
+                                "template": "prompts/mine.j2"})
+    r, _ = load_recipe(_write(tmp_path, data))
+    with pytest.raises(RecipeError) as e:
+        preflight(r)
+    locs = dict(e.value.problems)
+    assert "NOT_SET_ANYWHERE" in locs["teachers.r.api_key_env"]
+    assert "mine.j2" in locs["teachers.r.template"]
+    # The template next to the recipe is found (relative to the recipe file), the key is set.
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "mine.j2").write_text("@@user\n{{ question }}\n")
+    monkeypatch.setenv("NOT_SET_ANYWHERE", "sk-x")
+    r, _ = load_recipe(_write(tmp_path, data))
+    preflight(r)

@@ -21,10 +21,15 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 RunArg = Annotated[Path, typer.Argument(help="Run directory.")]
 
 
-def _load(recipe: Path, overrides: list[str] | None):
+def _load(recipe: Path, overrides: list[str] | None, preflight: bool = False):
+    """Read and validate a recipe; with `preflight`, also what its run would need first."""
     from medrecipe.config import load_recipe
+    from medrecipe.config import preflight as check
 
-    return load_recipe(recipe, overrides or [])
+    r, raw = load_recipe(recipe, overrides or [])
+    if preflight:
+        check(r, str(recipe))
+    return r, raw
 
 
 def packaged_recipe(name: str) -> Path:
@@ -54,7 +59,7 @@ def sources() -> None:
 @app.command()
 def validate(recipe: RecipeArg, override: Overrides = None) -> None:
     """Check a recipe; list every problem with its YAML path (exit 2 when invalid)."""
-    r, _ = _load(recipe, override)
+    r, _ = _load(recipe, override, preflight=True)
     console.print(f"[green]ok[/green]: recipe {r.name!r}: {len(r.sources)} source(s), "
                   f"{len(r.teachers)} teacher(s); run directory {r.resolved_run_dir()}")
 
@@ -91,7 +96,7 @@ def run(recipe: RecipeArg, override: Overrides = None,
     """Run a recipe end to end: ingest, prepare, generate, grade, select, export, report."""
     from medrecipe import pipeline
 
-    r, raw = _load(recipe, override)
+    r, raw = _load(recipe, override, preflight=True)
     ctx = pipeline.open_context(r, raw, progress=progress, force=set(force or []))
     _finish(pipeline.run_recipe(ctx))
 
@@ -105,7 +110,7 @@ def demo(
     from medrecipe import pipeline
 
     overrides = [f"run_dir={out}"] if out else []
-    r, raw = _load(packaged_recipe("demo"), overrides)
+    r, raw = _load(packaged_recipe("demo"), overrides, preflight=True)
     ctx = pipeline.open_context(r, raw, progress=progress)
     outcome = pipeline.run_recipe(ctx)
     print_ingest_table(ctx.run)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medrecipe.errors import RecipeError
 
@@ -96,9 +96,9 @@ class Price(_Model):
 
 
 class SamplingConfig(_Model):
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 8192
+    temperature: float = Field(default=0.6, ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=8192, ge=1)
     seed: int | None = None
     extra: dict[str, Any] = Field(default_factory=dict)  # passed through to the endpoint
 
@@ -115,10 +115,10 @@ class TeacherConfig(_Model):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     native_n: bool = True  # send n in one request when the endpoint supports it
     max_in_flight: int = Field(default=64, ge=1)
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=6, ge=0)
-    timeout_s: float = 600.0
+    timeout_s: float = Field(default=600.0, gt=0)
     backoff_base_s: float = Field(default=1.0, gt=0)  # first retry delay; doubles per attempt
     backoff_max_s: float = Field(default=60.0, gt=0)  # cap on one retry delay
     api_key_header: str | None = None  # None: "Authorization: Bearer <key>"; Azure: "api-key"
@@ -127,12 +127,63 @@ class TeacherConfig(_Model):
     price: Price = Field(default_factory=Price)
     device: str | None = None  # transformers_local: "cpu", "cuda", ...
     dtype: str | None = None
+    allow_empty: bool = False  # keep replies with empty content (else: a failed attempt)
+    # openai_compat: send the API key over plain http to a non-loopback host (never do this
+    # unless the network between you and the endpoint is yours).
+    allow_insecure_http: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_is_http(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None  # blank: no endpoint (the backend says it needs one, if it does)
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v.strip())
+            port = parts.port  # raises on a non-numeric port
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not a valid URL: {e}") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"{v!r}: the scheme must be http or https, not "
+                             f"{parts.scheme or 'missing'!r} (a typo such as htps://?)")
+        if not parts.hostname:
+            raise ValueError(f"{v!r} has no host name")
+        del port
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _key_not_in_cleartext(self) -> TeacherConfig:
+        if (self.backend == "openai_compat" and self.base_url and self.api_key_env
+                and not self.allow_insecure_http and not is_safe_for_secrets(self.base_url)):
+            raise ValueError(
+                f"base_url {self.base_url!r} is plain http to a host that is not this machine, "
+                f"so the API key in {self.api_key_env} would cross the network unencrypted; "
+                "use https, or set allow_insecure_http: true if you trust that network")
+        return self
+
+
+def is_safe_for_secrets(url: str) -> bool:
+    """True for https URLs and for plain http to a loopback address (this machine)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class GenerateConfig(_Model):
     n: int = Field(default=16, ge=1)
     routes: dict[str, str] = Field(default_factory=dict)  # task -> teacher name; "*" default
-    budget_usd: float | None = None
+    budget_usd: float | None = Field(default=None, gt=0)  # null: no cap
     cache_dir: str | None = None  # default: <run>/cache
 
 
@@ -146,8 +197,15 @@ class GradeConfig(_Model):
 
 class PassRateFilter(_Model):
     teacher: str | None = None  # None: all teachers pooled
-    min_correct: int = 2
-    max_correct: int = 14
+    min_correct: int = Field(default=2, ge=0)
+    max_correct: int = Field(default=14, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> PassRateFilter:
+        if self.min_correct > self.max_correct:
+            raise ValueError(f"min_correct ({self.min_correct}) is larger than max_correct "
+                             f"({self.max_correct}): no question could pass")
+        return self
 
 
 class DifficultyFilter(_Model):
@@ -155,6 +213,13 @@ class DifficultyFilter(_Model):
     template: str = "judge_difficulty"
     min_rating: int = Field(default=3, ge=1, le=10)
     max_rating: int = Field(default=6, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _range(self) -> DifficultyFilter:
+        if self.min_rating > self.max_rating:
+            raise ValueError(f"min_rating ({self.min_rating}) is larger than max_rating "
+                             f"({self.max_rating}): no question could pass")
+        return self
 
 
 class MixConfig(_Model):
@@ -351,4 +416,83 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         s.image_root = resolve_path(s.image_root, base)
     for t in recipe.teachers.values():
         t.replay_path = resolve_path(t.replay_path, base)
+        t.template = resolve_path(t.template, base) or t.template
+    recipe.grade.judge_template = resolve_path(recipe.grade.judge_template, base) or "judge_open"
+    recipe.annotate.template = resolve_path(recipe.annotate.template, base) or "annotate"
+    if recipe.select.difficulty:
+        d = recipe.select.difficulty
+        d.template = resolve_path(d.template, base) or d.template
     return recipe, data
+
+
+def used_teachers(recipe: Recipe) -> dict[str, str]:
+    """Teachers a recipe will call, each with the YAML path of its first use."""
+    used: dict[str, str] = {}
+    routed = recipe.generate.routes
+    for task, name in routed.items():
+        used.setdefault(name, f"generate.routes.{task}")
+    if not routed:
+        for name in recipe.teachers:
+            used.setdefault(name, f"teachers.{name}")
+    for label, name in (("grade.judge", recipe.grade.judge),
+                        ("annotate.labeller", recipe.annotate.labeller if recipe.annotate.enabled
+                         else None),
+                        ("select.difficulty.judge",
+                         recipe.select.difficulty.judge if recipe.select.difficulty else None)):
+        if name:
+            used.setdefault(name, label)
+    return used
+
+
+def teacher_problems(name: str, t: TeacherConfig, where: str,
+                     environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """What would stop a teacher at its first call: key variable, template, replay file."""
+    import os
+
+    from medrecipe.errors import UserError
+    from medrecipe.prompts import load_template
+
+    env = os.environ if environ is None else environ
+    out: list[tuple[str, str]] = []
+    loc = f"teachers.{name}"
+    if t.backend == "openai_compat" and not t.base_url:
+        out.append((f"{loc}.base_url", f"teacher {name!r} (used by {where}) needs base_url"))
+    if t.backend == "openai_compat" and t.api_key_env and not env.get(t.api_key_env):
+        out.append((f"{loc}.api_key_env",
+                    f"the environment variable {t.api_key_env} is not set (teacher {name!r} "
+                    "reads its API key from it); export it before running"))
+    if t.backend == "replay" and (not t.replay_path or not os.path.isfile(t.replay_path)):
+        out.append((f"{loc}.replay_path", f"replay file not found: {t.replay_path}"))
+    try:
+        load_template(t.template)
+    except UserError as e:
+        out.append((f"{loc}.template", str(e)))
+    return out
+
+
+def preflight(recipe: Recipe, path: str | None = None) -> None:
+    """Raise RecipeError for everything that would fail later: keys, templates, files.
+
+    Run by `validate` and before any stage of `run`, so a missing API key variable or a
+    template typo costs nothing rather than surfacing after ingest and prepare.
+    """
+    from medrecipe.errors import UserError
+    from medrecipe.prompts import load_template
+
+    problems: list[tuple[str, str]] = []
+    for name, where in used_teachers(recipe).items():
+        problems += teacher_problems(name, recipe.teachers[name], where)
+    templates = [("grade.judge_template", recipe.grade.judge_template if recipe.grade.judge
+                  else None),
+                 ("annotate.template", recipe.annotate.template if recipe.annotate.enabled
+                  else None),
+                 ("select.difficulty.template",
+                  recipe.select.difficulty.template if recipe.select.difficulty else None)]
+    for loc, tpl in templates:
+        if tpl:
+            try:
+                load_template(tpl)
+            except UserError as e:
+                problems.append((loc, str(e)))
+    if problems:
+        raise RecipeError(problems, path)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from medrecipe.config import TeacherConfig
+from medrecipe.config import TeacherConfig, is_safe_for_secrets
 from medrecipe.errors import UserError
 from medrecipe.generate.backends import (
     BackendError,
@@ -125,6 +125,12 @@ class OpenAICompatBackend:
         self._secrets: list[str] = []
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if teacher.api_key_env:
+            if not teacher.allow_insecure_http and not is_safe_for_secrets(teacher.base_url):
+                # Checked again here (not only when the recipe is read): a key must never
+                # leave in cleartext, however the config object was built.
+                raise UserError(
+                    f"teacher {self.label!r}: refusing to send the API key over plain http to "
+                    f"{teacher.base_url}; use https or set allow_insecure_http: true")
             key = os.environ.get(teacher.api_key_env)
             if not key:
                 raise UserError(
