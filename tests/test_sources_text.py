@@ -116,7 +116,7 @@ def test_medmcqa_empty_option_quarantines_instead_of_shifting_letters(tmp_path):
     rows["opb"] = [""]
     spec = SourceSpec(name="m", adapter="medmcqa", path=save_hf(tmp_path, rows))
     items, quarantine, _, _ = ingest(spec, tmp_path)
-    assert items == [] and quarantine[0].reason == "bad_options" and "opb" in quarantine[0].detail
+    assert items == [] and quarantine[0].reason == "blank_option" and "option B" in quarantine[0].detail
 
 
 # --------------------------------------------------------------------------- HeadQA
@@ -315,4 +315,4 @@ def test_medqa_key_value_options_and_a_blank_option(tmp_path):
     jl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     items, quarantine, _, _ = ingest(SourceSpec(name="mq", adapter="medqa", path=str(jl)), tmp_path)
     assert [(it.id, it.answer_text) for it in items] == [("mq/a", "Protamine sulfate")]
-    assert [(q.reason, q.item_id) for q in quarantine] == [("bad_options", "mq/b")]
+    assert [(q.reason, q.item_id) for q in quarantine] == [("blank_option", "mq/b")]

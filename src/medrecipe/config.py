@@ -45,6 +45,9 @@ class SourceSpec(_Model):
     options: dict[str, Any] = Field(default_factory=dict)  # adapter-specific settings
     modality: str | None = None
     anatomy: str | None = None
+    # Image paths (absolute, relative with "..", or symlinks) that lead outside the source's
+    # folders (image_root, the data file's folder) are refused unless this is true.
+    allow_images_outside_root: bool = False
 
 
 # --------------------------------------------------------------------------- prepare
@@ -269,6 +272,9 @@ class Recipe(_Model):
     run_dir: str | None = None  # default: runs/<name>
     seed: int = 0
     image_store: str | None = None  # default: <run>/images (shareable between runs)
+    # Larger images are quarantined before they are decoded (decoding one 30000x30000 PNG
+    # takes several GB); raise it for whole-slide or very large scans.
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
     batch_size: int = Field(default=4096, ge=1)
     sources: list[SourceSpec] = Field(min_length=1)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)

@@ -22,7 +22,36 @@ from medrecipe.errors import ImageError
 _RASTER_EXT = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
 _DICOM_MAGIC_OFFSET = 128
 
-Image.MAX_IMAGE_PIXELS = 30_000 * 30_000  # medical scans are large; still guard bombs
+# Pillow's own guard stays as a last line; the store checks its own (configurable) limit
+# from the header, before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
+DEFAULT_MAX_PIXELS = 100_000_000
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+                  Image.DecompressionBombError)
+
+
+def _label(name: str | None) -> str:
+    return f"{name}: " if name else ""
+
+
+def _open_checked(data: bytes, limit: int | None, name: str | None) -> Image.Image:
+    """Image.open (header only) with the pixel limit checked; Pillow's bomb error included."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # beyond Pillow's own limit: no size to show
+        raise ImageError(f"{_label(name)}image is larger than the limit of "
+                         f"{limit or Image.MAX_IMAGE_PIXELS:,} pixels (max_image_pixels); it was "
+                         f"not decoded ({_reason(e)})") from None
+    check_pixels(img.width, img.height, limit, name)
+    return img
+
+
+def check_pixels(width: int, height: int, limit: int | None, name: str | None = None) -> None:
+    """Raise ImageError when an image is larger than `limit` pixels (read from its header)."""
+    if limit is not None and width * height > limit:
+        raise ImageError(f"{_label(name)}image of {width}x{height} = {width * height:,} pixels is "
+                         f"larger than the limit of {limit:,} (max_image_pixels); it was not "
+                         "decoded")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -47,7 +76,8 @@ def _first(value) -> float | None:
         return None
 
 
-def dicom_to_image(data: bytes) -> Image.Image:
+def dicom_to_image(data: bytes, max_pixels: int | None = None,
+                   name: str | None = None) -> Image.Image:
     """Decode DICOM bytes to an 8-bit image: rescale, window (or robust min-max), MONOCHROME1."""
     import warnings
 
@@ -57,11 +87,13 @@ def dicom_to_image(data: bytes) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on many harmless quirks
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+            check_pixels(cols, rows, max_pixels, name)
             return _dicom_pixels_to_image(ds)
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - pydicom and its codecs raise many types
-        raise ImageError(f"undecodable DICOM: {type(e).__name__}: {e}") from None
+        raise ImageError(f"{_label(name)}undecodable DICOM: {type(e).__name__}: {e}") from None
 
 
 def _dicom_pixels_to_image(ds) -> Image.Image:
@@ -118,21 +150,36 @@ def _minmax_u8(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_image_bytes(data: bytes) -> Image.Image:
-    """Decode any supported format to a PIL image (fully loaded); raises ImageError."""
+def decode_image_bytes(data: bytes, max_pixels: int | None = None,
+                       name: str | None = None) -> Image.Image:
+    """Decode any supported format to a PIL image (fully loaded); raises ImageError.
+
+    `max_pixels` is checked from the header before decoding; `name` (a file name) goes
+    into error messages.
+    """
     if not data:
-        raise ImageError("empty image file")
+        raise ImageError(f"{_label(name)}empty image file")
     if is_dicom(data):
-        return dicom_to_image(data)
+        return dicom_to_image(data, max_pixels, name)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = _open_checked(data, max_pixels, name)
         img.load()
         return img
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except ImageError:
+        raise
+    except _DECODE_ERRORS as e:
         # DICOM files without the 128-byte preamble still start with group-0008 tags.
         if data[:2] in (b"\x08\x00", b"\x02\x00"):
-            return dicom_to_image(data)
-        raise ImageError(f"undecodable image: {e}") from None
+            return dicom_to_image(data, max_pixels, name)
+        raise ImageError(f"{_label(name)}undecodable image: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    """An exception's text without Pillow's `<_io.BytesIO object at 0x...>` noise."""
+    import re
+
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)).strip()
+    return text or type(e).__name__
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -199,9 +246,10 @@ def resized_ref(sha: str, height: int, width: int) -> str:
 class ImageStore:
     """Content-addressed images under one folder: <root>/<aa>/<sha><ext>."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_pixels = max_pixels  # images above this are refused before decoding
         self._paths: dict[str, Path] = {}
 
     def _dir(self, sha: str) -> Path:
@@ -231,44 +279,48 @@ class ImageStore:
             raise ImageError(f"image {ref} is not in the store at {self.root}")
         return p
 
-    def put_bytes(self, data: bytes, verify: bool = True) -> str:
-        """Store original bytes (decoding to check them) and return the image ref (SHA-256)."""
+    def put_bytes(self, data: bytes, verify: bool = True, name: str | None = None) -> str:
+        """Store original bytes (decoding to check them) and return the image ref (SHA-256).
+
+        Raises ImageError, naming `name` (the file or field the bytes came from), when the
+        bytes are not an image, are truncated, or exceed `max_pixels` (checked before decoding).
+        """
         sha = sha256_bytes(data)
         if self._find(sha) is not None:
             return sha
         if is_dicom(data):
-            img = dicom_to_image(data)
+            img = dicom_to_image(data, self.max_pixels, name)
             self._write(sha, _encode_png(img), ".png")
             return sha
-        if verify:
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    fmt = im.format
+        try:
+            with _open_checked(data, self.max_pixels, name) as im:
+                fmt = im.format
+                if verify:
                     im.load()  # catches truncated files, not just bad headers
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-                # Headerless DICOM, or garbage: decode_image_bytes decides.
-                img = decode_image_bytes(data)
-                self._write(sha, _encode_png(img), ".png")
-                return sha
-        else:
-            fmt = Image.open(io.BytesIO(data)).format
+        except ImageError:
+            raise
+        except _DECODE_ERRORS:
+            # Headerless DICOM, or garbage: decode_image_bytes decides (and names the file).
+            img = decode_image_bytes(data, self.max_pixels, name)
+            self._write(sha, _encode_png(img), ".png")
+            return sha
         ext = _RASTER_EXT.get(fmt or "")
         if ext is None:  # readable but unusual (GIF, PPM, ...): normalise to PNG
-            self._write(sha, _encode_png(decode_image_bytes(data)), ".png")
+            self._write(sha, _encode_png(decode_image_bytes(data, self.max_pixels, name)), ".png")
         else:
             self._write(sha, data, ext)
         return sha
 
     def put_file(self, path: str | Path) -> str:
-        """Store an image file; raises ImageError when missing or undecodable."""
+        """Store an image file; raises ImageError (naming the file) when missing or undecodable."""
         p = Path(path)
         try:
             data = p.read_bytes()
         except FileNotFoundError:
             raise ImageError(f"image file not found: {p}") from None
         except OSError as e:
-            raise ImageError(f"cannot read image file {p}: {e}") from None
-        return self.put_bytes(data)
+            raise ImageError(f"cannot read image file {p}: {e.strerror or e}") from None
+        return self.put_bytes(data, name=str(p))
 
     def put_image(self, img: Image.Image) -> str:
         """Store a PIL image (hash of its PNG encoding, since no original bytes exist)."""
@@ -283,7 +335,8 @@ class ImageStore:
 
     def open(self, ref: str) -> Image.Image:
         """The stored image as RGB."""
-        return to_rgb(decode_image_bytes(self.path(ref).read_bytes()))
+        p = self.path(ref)
+        return to_rgb(decode_image_bytes(p.read_bytes(), name=str(p)))
 
     def _write(self, stem: str, data: bytes, ext: str) -> None:
         sha = stem.partition("@")[0]

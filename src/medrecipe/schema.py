@@ -68,8 +68,10 @@ class Item(BaseModel):
     def _options_well_formed(cls, v: list[str]) -> list[str]:
         if len(v) > len(LETTERS):
             raise ValueError(f"at most {len(LETTERS)} options are supported, got {len(v)}")
-        if any((o is None or not str(o).strip()) for o in v):
-            raise ValueError("an option is empty")
+        for i, o in enumerate(v):
+            if o is None or not str(o).strip():
+                raise ValueError(f"option {LETTERS[i] if i < len(LETTERS) else i} is empty "
+                                 "(options are positional, so the row cannot be used)")
         return v
 
     def model_post_init(self, __context: Any) -> None:
@@ -297,7 +299,7 @@ def reason_for_field(field: str, message: str) -> str:
     if "not one of the option letters" in message:
         return "answer_not_in_options"
     if field == "options":
-        return "bad_options"
+        return "blank_option" if "is empty" in message else "bad_options"
     if field == "task":
         return "bad_task"
     if field == "id":
@@ -309,6 +311,9 @@ def raw_json(row: Any, limit: int = 2000) -> str:
     """JSON of a raw row for the quarantine table, truncated."""
     try:
         s = json.dumps(row, ensure_ascii=False, default=lambda o: f"<{type(o).__name__}>")
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: keep it visible as an escape
+        s = json.dumps(row, ensure_ascii=True, default=lambda o: f"<{type(o).__name__}>")
     except Exception:  # noqa: BLE001 - best effort, only for display
         s = repr(row)
     return s if len(s) <= limit else s[:limit] + "…"

@@ -255,6 +255,25 @@ def answer_to_letter(value: Any, options: list[str], fmt: str = "auto") -> str |
     return None
 
 
+def is_blank(value: Any) -> bool:
+    """True for None, NaN and strings that are empty after stripping."""
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def keep_positions(values: list[Any]) -> list[str]:
+    """Option texts in position: a blank one stays as "" (Item validation quarantines the
+    row as `blank_option`), since dropping it would shift every later letter. Trailing
+    blanks are dropped (fixed-width tables pad short option lists); no letter moves."""
+    out = ["" if is_blank(v) else str(v) for v in values]
+    while out and out[-1] == "":
+        out.pop()
+    return out
+
+
 def options_from(value: Any) -> list[str]:
     """Options from a list, a dict keyed by letters, or a Python/JSON literal string of a list."""
     if value is None:
@@ -274,21 +293,29 @@ def options_from(value: Any) -> list[str]:
         else:
             return [value]
     if isinstance(value, dict):
-        return [str(value[k]) for k in sorted(value, key=lambda k: (len(str(k)), str(k)))
-                if value[k] is not None and str(value[k]).strip() != ""]
-    return [str(v) for v in value if v is not None and str(v).strip() != ""]
+        return keep_positions([value[k] for k in sorted(value, key=lambda k: (len(str(k)), str(k)))])
+    return keep_positions(list(value))
 
 
 # --------------------------------------------------------------------------- images
 
 
-def resolve_image(payload: Any, store: ImageStore, roots: Iterable[Path]) -> str:
-    """Put one image payload into the store and return its ref; raises ImageError."""
+def resolve_image(payload: Any, store: ImageStore, roots: Iterable[Path],
+                  allow_outside: bool = True) -> str:
+    """Put one image payload into the store and return its ref; raises ImageError.
+
+    A path payload is looked up under `roots`; unless `allow_outside`, a path that leads
+    outside every root (absolute, with "..", or through a symlink) is refused, so a data
+    file cannot make the loader read arbitrary files of the machine.
+    """
+    roots = list(roots)
     if payload is None:
         raise ImageError("image missing (empty value)")
+    label = None
     if isinstance(payload, dict):  # Hugging Face Image feature, undecoded
+        label = payload.get("path") or None
         if payload.get("bytes"):
-            return store.put_bytes(payload["bytes"])
+            return store.put_bytes(payload["bytes"], name=label)
         payload = payload.get("path")
         if not payload:
             raise ImageError("image missing (no bytes and no path)")
@@ -304,7 +331,23 @@ def resolve_image(payload: Any, store: ImageStore, roots: Iterable[Path]) -> str
                 break
     if not p.exists():
         raise ImageError(f"image file not found: {payload}")
+    if not allow_outside and not _inside_any(p, roots):
+        raise ImageError(f"image path {payload} leads outside the source's folders "
+                         f"({', '.join(str(r) for r in roots) or 'none'}); set "
+                         "allow_images_outside_root: true on the source to allow it")
     return store.put_file(p)
+
+
+def _inside_any(path: Path, roots: Iterable[Path]) -> bool:
+    """True when `path`, with symlinks and '..' resolved, lies under one of `roots`."""
+    real = path.resolve()
+    for root in roots:
+        try:
+            real.relative_to(root.resolve())
+            return True
+        except ValueError:
+            continue
+    return False
 
 
 def image_roots(spec: SourceSpec) -> list[Path]:
@@ -351,11 +394,36 @@ def build_items(
     sink = quarantine if quarantine is not None else []
     roots = image_roots(spec)
     pending: list[Item] = []
+    rows_of: dict[str, int] = {}  # item id -> row index, for rows that fail late
 
     def reject(idx: int, reason: str, detail: str, raw: Any, item_id: str | None = None) -> None:
+        if item_id is None:  # every quarantined row can be found again: native id or row
+            native = raw.get("id") if isinstance(raw, dict) else None
+            item_id = f"{spec.name}/{native if native not in (None, '') else idx}"
         sink.append(QuarantineRow(stage="ingest", source=spec.name, row=idx, item_id=item_id,
                                   reason=reason, detail=detail, raw=raw_json(raw)))
         stats.quarantined += 1
+
+    def emit(batch: list[Item]) -> pa.Table | None:
+        try:
+            return to_table(batch, ITEM_SCHEMA)
+        except (UnicodeEncodeError, pa.ArrowException):
+            pass
+        # Some row cannot become Arrow (a lone surrogate such as "\ud800" is valid JSON
+        # but not UTF-8): convert one by one and quarantine the rows that fail.
+        good = []
+        for it in batch:
+            try:
+                to_table([it], ITEM_SCHEMA)
+            except (UnicodeEncodeError, pa.ArrowException) as e:
+                field = _unencodable_field(it)
+                reject(rows_of.get(it.id, -1), "invalid_text",
+                       f"field {field or '?'} cannot be stored as UTF-8 text: {e}",
+                       it.model_dump(mode="json"), _utf8(it.id))
+                stats.items -= 1
+                continue
+            good.append(it)
+        return to_table(good, ITEM_SCHEMA) if good else None
 
     for idx, raw in stream:
         stats.rows += 1
@@ -392,10 +460,10 @@ def build_items(
                 reject(idx, "image_missing", "no image store given to the loader", raw, row["id"])
                 continue
             try:
-                refs = [resolve_image(p, store, roots) for p in payloads]
+                refs = [resolve_image(p, store, roots, spec.allow_images_outside_root)
+                        for p in payloads]
             except ImageError as e:
-                reason = "image_missing" if "not found" in str(e) or "missing" in str(e) else "image_undecodable"
-                reject(idx, reason, str(e), _display_raw(raw), row["id"])
+                reject(idx, _image_reason(str(e)), str(e), _display_raw(raw), row["id"])
                 continue
         row["images"] = refs
         items, bad = validate_items([(idx, row)], source=spec.name)
@@ -406,12 +474,44 @@ def build_items(
             continue
         seen.add(row["id"])
         pending.append(items[0])
+        rows_of[row["id"]] = idx
         stats.items += 1
         if len(pending) >= batch_size:
-            yield to_table(pending, ITEM_SCHEMA)
-            pending = []
+            table = emit(pending)
+            pending, rows_of = [], {}
+            if table is not None:
+                yield table
     if pending:
-        yield to_table(pending, ITEM_SCHEMA)
+        table = emit(pending)
+        if table is not None:
+            yield table
+
+
+def _image_reason(message: str) -> str:
+    """The quarantine reason for an ImageError message."""
+    if "leads outside" in message:
+        return "image_outside_root"
+    if "larger than the limit" in message:
+        return "image_too_large"
+    if "not found" in message or "missing" in message:
+        return "image_missing"
+    return "image_undecodable"
+
+
+def _unencodable_field(item: Item) -> str | None:
+    """The first field of an Item whose text cannot be encoded as UTF-8."""
+    for name in ("id", "question", "answer", "options", "modality", "anatomy", "meta"):
+        value = getattr(item, name)
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return name
+    return None
+
+
+def _utf8(text: str) -> str:
+    """`text` with characters UTF-8 cannot hold (lone surrogates) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _display_raw(raw: Any) -> Any:
@@ -448,6 +548,7 @@ def as_text(value: Any) -> str:
 
 __all__ = [
     "Reject", "Skip", "RawStream", "read_records", "enumerate_records", "answer_to_letter", "options_from",
+    "is_blank", "keep_positions",
     "strip_option_prefix", "resolve_image", "build_items", "clean_meta", "infer_task", "as_text",
     "BuildStats", "detect_format", "io",
 ]

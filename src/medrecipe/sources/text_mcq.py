@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -24,9 +23,13 @@ from medrecipe.sources.base import (
     as_text,
     clean_meta,
     enumerate_records,
+    is_blank,
+    keep_positions,
     norm_text,
     options_from,
 )
+
+blank = is_blank  # the adapters' short name
 
 # --------------------------------------------------------------------------- shared helpers
 # (also used by the multimodal adapters in vqa.py and imagefolder.py)
@@ -36,15 +39,6 @@ def records(spec: SourceSpec) -> Iterator[tuple[int, dict[str, Any] | Reject]]:
     """(row_index, record) pairs; a malformed line comes back as its Reject."""
     for idx, rec in enumerate_records(spec):
         yield idx, rec["__reject__"] if "__reject__" in rec else rec
-
-
-def blank(value: Any) -> bool:
-    """True for None, NaN and strings that are empty after stripping."""
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
 
 
 def check_options(spec: SourceSpec, allowed: Iterable[str]) -> None:
@@ -80,23 +74,18 @@ def norm_key(value: Any) -> str:
     return " ".join(str(value).replace("_", " ").lower().split())
 
 
-def positional_options(values: list[Any], names: list[str], *,
-                       drop_trailing_blank: bool = False) -> list[str] | str:
-    """Option texts kept in position (answers are positional); an error message on a blank one.
+def positional_options(values: list[Any], *, drop_trailing_blank: bool = False) -> list[str] | str:
+    """Option texts kept in position (answers are positional); an error message when none.
 
-    Blank options are never dropped from the middle, since that would shift the letters
-    of every later option.
+    A blank option in the middle stays as "" so the row is quarantined as `blank_option`
+    (dropping it would shift the letters of every later option); trailing blanks are
+    dropped only with `drop_trailing_blank`, which moves no letter.
     """
-    vals = list(values)
-    if drop_trailing_blank:
-        while vals and blank(vals[-1]):
-            vals.pop()
-    for name, v in zip(names, vals, strict=False):
-        if blank(v):
-            return f"option {name} is empty"
+    vals = keep_positions(list(values)) if drop_trailing_blank else [
+        "" if blank(v) else str(v) for v in values]
     if not vals:
         return "no options"
-    return [str(v).strip() for v in vals]
+    return [v.strip() for v in vals]
 
 
 def lettered_options(value: Any) -> list[str] | str:
@@ -112,7 +101,7 @@ def lettered_options(value: Any) -> list[str] | str:
     by_key = {str(k).strip().upper(): v for k, v in value.items()}
     if keys != list(LETTERS[:len(keys)]):
         return f"option keys {keys} are not consecutive letters from A"
-    return positional_options([by_key[k] for k in keys], keys, drop_trailing_blank=True)
+    return positional_options([by_key[k] for k in keys], drop_trailing_blank=True)
 
 
 def reject_answer(value: Any, n_options: int, rec: Any, field: str) -> Reject:
@@ -214,7 +203,7 @@ def medmcqa(spec: SourceSpec) -> RawStream:
         if isinstance(rec, Reject):
             yield idx, rec
             continue
-        options = positional_options([rec.get(k) for k in _MEDMCQA_OPTS], list(_MEDMCQA_OPTS))
+        options = positional_options([rec.get(k) for k in _MEDMCQA_OPTS])
         if isinstance(options, str):
             yield idx, Reject("bad_options", options, rec)
             continue
@@ -283,8 +272,7 @@ def headqa(spec: SourceSpec) -> RawStream:
         except (TypeError, ValueError):
             yield idx, Reject("bad_options", "an answer has no integer aid", rec)
             continue
-        options = positional_options([a.get("atext") for a in answers],
-                                     [f"aid {a.get('aid')}" for a in answers])
+        options = positional_options([a.get("atext") for a in answers])
         if isinstance(options, str):
             yield idx, Reject("bad_options", options, rec)
             continue
@@ -329,7 +317,7 @@ def mmlu_pro(spec: SourceSpec) -> RawStream:
         if isinstance(raw_opts, str):
             raw_opts = options_from(raw_opts)
         raw_opts = list(raw_opts or [])
-        options = positional_options(raw_opts, [LETTERS[i] for i in range(len(raw_opts))])
+        options = positional_options(raw_opts)
         if isinstance(options, str):
             yield idx, Reject("bad_options", options, rec)
             continue

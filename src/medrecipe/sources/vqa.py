@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from medrecipe.config import SourceSpec
-from medrecipe.schema import LETTERS
 from medrecipe.sources import register
 from medrecipe.sources.base import (
     RawStream,
@@ -83,7 +82,7 @@ def pmc_vqa(spec: SourceSpec) -> RawStream:
             yield idx, rec
             continue
         names = [f"Choice {L}" for L in "ABCD" if f"Choice {L}" in rec]
-        options = positional_options([_pmc_choice(rec.get(n), n[-1]) for n in names], names,
+        options = positional_options([_pmc_choice(rec.get(n), n[-1]) for n in names],
                                      drop_trailing_blank=True)
         if isinstance(options, str):
             yield idx, Reject("bad_options", options, rec)
@@ -268,7 +267,7 @@ def mmmu_pro(spec: SourceSpec) -> RawStream:
         if raw_opts is None:
             yield idx, Reject("bad_options", "options is not a list (or its literal text)", rec)
             continue
-        options = positional_options(raw_opts, [LETTERS[i] for i in range(len(raw_opts))])
+        options = positional_options(raw_opts)
         if isinstance(options, str):
             yield idx, Reject("bad_options", options, rec)
             continue
