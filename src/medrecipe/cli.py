@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,13 @@ from medrecipe.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Build medical multimodal reasoning data, train a student VLM, evaluate it.")
+
+# Exit codes: 0 done; 2 a problem to fix (recipe, input, disk, a run directory in use);
+# 3 the run finished its stages but some are incomplete (failed requests, budget cap):
+# re-running continues from the cache; 130 interrupted (Ctrl-C).
+EXIT_USER_ERROR = 2
+EXIT_INCOMPLETE = 3
+EXIT_INTERRUPTED = 130
 
 Overrides = Annotated[list[str] | None, typer.Option(
     "--override", "-o", help="Dotted override, e.g. -o sources.0.limit=100 (repeatable).")]
@@ -123,11 +131,16 @@ def _finish(outcome) -> None:
         for key in ("llamafactory", "dataset_info", "trl", "jsonl_train"):
             if key in outcome.exports:
                 console.print(f"  {key}: {outcome.exports[key]}")
+    if outcome.selected == 0:
+        console.print("[yellow]0 traces were selected: the exports are empty; the report's "
+                      "selection funnel shows where the traces went[/yellow]")
     console.print(f"run directory: {outcome.run_dir}")
-    if not outcome.complete:
-        console.print("[yellow]some stages stopped early (budget); re-run to continue[/yellow]")
     if outcome.report:
         console.print(f"report: {outcome.report}")
+    if not outcome.complete:
+        for p in outcome.problems:
+            err_console.print(f"[yellow]incomplete:[/yellow] {p}")
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 @app.command()
@@ -217,16 +230,33 @@ def print_ingest_table(run) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
 def main() -> None:
     """Console entry point: user errors print one paragraph and exit 2, no traceback."""
     try:
-        app(standalone_mode=False)
+        # A command's typer.Exit comes back as its code; typer turns Ctrl-C into Exit(130).
+        rc = app(standalone_mode=False)
+        if rc == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except UserError as e:
         err_console.print(f"[bold red]error:[/bold red] {e}")
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("[yellow]interrupted[/yellow]")
-        sys.exit(130)
+        err_console.print("[yellow]interrupted[/yellow] (Ctrl-C): finished stages and answers "
+                          "already received are kept; re-run to continue")
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        what = f" {e.filename}" if e.filename else ""
+        err_console.print(f"[bold red]error:[/bold red] cannot write{what}: "
+                          f"{e.strerror or e}. Free disk space or make the folder writable, "
+                          "then re-run: completed stages and cached answers are kept")
+        sys.exit(EXIT_USER_ERROR)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors carry their own exit codes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -49,10 +50,47 @@ class RunLog:
             (run_root / "logs").mkdir(parents=True, exist_ok=True)
             self.path = run_root / "logs" / "medrecipe.log"
         self.echo = echo
+        self._handlers: list[logging.Handler] = []
+
+    def attach(self) -> None:
+        """Send the `medrecipe` loggers' warnings (failed requests, ...) to this log file too.
+
+        Warnings still reach stderr: through the application's own logging set-up when it
+        has one, else through a plain stderr handler added here.
+        """
+        if self.path is None or self._handlers:
+            return
+        logger = logging.getLogger("medrecipe")
+        fh = logging.FileHandler(self.path, encoding="utf-8")
+        fh.setLevel(logging.INFO)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                          "%Y-%m-%d %H:%M:%S"))
+        self._handlers.append(fh)
+        if not logging.getLogger().handlers:
+            sh = logging.StreamHandler(sys.stderr)
+            sh.setLevel(logging.WARNING)
+            sh.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+            self._handlers.append(sh)
+        for h in self._handlers:
+            logger.addHandler(h)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+
+    def detach(self) -> None:
+        """Stop writing log records into this run's file."""
+        logger = logging.getLogger("medrecipe")
+        for h in self._handlers:
+            logger.removeHandler(h)
+            h.close()
+        self._handlers = []
 
     def __call__(self, message: str) -> None:
         if self.echo:
             console.print(message)
+        self.file_only(message)
+
+    def file_only(self, message: str) -> None:
+        """Append a line to the log file without echoing it (the caller shows it otherwise)."""
         if self.path is not None:
             from rich.text import Text
 

@@ -173,6 +173,8 @@ def export_llamafactory(splits: dict[str, pa.Table], out: Path, resolve: ImageRe
         except json.JSONDecodeError:
             raise ExportError(f"{info_path} exists but is not valid JSON; fix or remove it") from None
     name = config.dataset_name
+    info.pop(name, None)  # this export's entries are rewritten below (val only if it has rows)
+    info.pop(f"{name}_val", None)
     paths: dict[str, Path] = {}
     for split, table in splits.items():
         if split != "train" and table.num_rows == 0:
@@ -451,6 +453,12 @@ def export(selected: SelectResult | Mapping[str, pa.Table] | pa.Table, out_dir: 
     `selected` is a SelectResult, a {"train": table, "val": table} mapping or one table
     with a "split" column (SELECTED_SCHEMA). `image_store` is an ImageStore, its folder,
     a callable ref -> path, or None when no example has images.
+
+    Everything is written into a staging folder beside `out_dir`, which then replaces
+    `out_dir` by rename: a crash or Ctrl-C at any moment leaves the previous export (or,
+    between the two renames, none), never a mix of old and new files. An empty selection
+    gives empty LLaMA-Factory and JSONL files and no TRL dataset (`datasets` cannot reload
+    a saved dataset of 0 rows); the returned map then has "empty": out_dir.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.dataset_name):
         raise UserError(f"export.dataset_name {config.dataset_name!r} must use only letters, "
@@ -460,13 +468,51 @@ def export(selected: SelectResult | Mapping[str, pa.Table] | pa.Table, out_dir: 
         raise UserError("export needs a 'train' split of selected examples")
     resolve = make_resolver(image_store)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for fmt in dict.fromkeys(config.formats):
-        if fmt == "llamafactory":
-            paths.update(export_llamafactory(splits, out / "llamafactory", resolve, config))
-        elif fmt == "trl":
-            paths.update(export_trl(splits, out / "trl", out / "trl_parquet", resolve, config))
-        elif fmt == "jsonl":
-            paths.update(export_jsonl(splits, out / "jsonl", resolve, config))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    empty = all(t.num_rows == 0 for t in splits.values())
+    written: dict[str, Path] = {}
+    try:
+        _carry_user_files(out / "llamafactory", stage / "llamafactory", config.dataset_name)
+        for fmt in dict.fromkeys(config.formats):
+            if fmt == "llamafactory":
+                written.update(export_llamafactory(splits, stage / "llamafactory", resolve,
+                                                   config))
+            elif fmt == "trl" and not empty:
+                written.update(export_trl(splits, stage / "trl", stage / "trl_parquet", resolve,
+                                          config))
+            elif fmt == "jsonl":
+                written.update(export_jsonl(splits, stage / "jsonl", resolve, config))
+        _swap_in(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    paths = {k: out / p.relative_to(stage) for k, p in written.items()}
+    if empty:
+        paths["empty"] = out
     return paths
+
+
+def _carry_user_files(old: Path, new: Path, name: str) -> None:
+    """Keep what a user put in the LLaMA-Factory folder (their other datasets, their entries).
+
+    This export's own files from an earlier run are not carried: a split that is empty now
+    must not survive from before.
+    """
+    if not old.is_dir():
+        return
+    new.mkdir(parents=True, exist_ok=True)
+    ours = {f"{name}_train.json", f"{name}_val.json"}
+    for p in old.iterdir():
+        if p.is_file() and p.name not in ours:
+            shutil.copy2(p, new / p.name)
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Replace `out` by the fully written `stage` with renames (the old copy goes last)."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)

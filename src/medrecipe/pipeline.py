@@ -20,9 +20,10 @@ import pyarrow as pa
 import medrecipe
 from medrecipe.config import Recipe, SourceSpec, config_hash
 from medrecipe.console import RunLog, counting_progress, progress_enabled
+from medrecipe.errors import UserError
 from medrecipe.images import ImageStore
 from medrecipe.schema import ITEM_SCHEMA, QuarantineRow
-from medrecipe.store import Run, StageResult, run_stage
+from medrecipe.store import Run, StageResult, atomic_write_text, run_stage
 
 STAGES = ("ingest", "prepare", "generate", "grade", "select", "export", "report")
 
@@ -42,17 +43,30 @@ class Context:
     def forced(self, stage: str) -> bool:
         return stage in self.force or "all" in self.force
 
+    def close(self) -> None:
+        """Give the run directory back (its lock) and stop logging into it."""
+        self.log.detach()
+        self.run.unlock()
+
 
 def open_context(recipe: Recipe, raw: dict[str, Any] | None = None, *, progress: bool | None = None,
                  force: set[str] | None = None, echo: bool = True) -> Context:
-    """Create (or reopen) the run directory of a recipe and record the recipe in it."""
+    """Create (or reopen) the run directory of a recipe, lock it, and record the recipe in it.
+
+    The lock (held until `Context.close` or the process ends) makes a second process on the
+    same run directory fail at once with a message naming the first one.
+    """
     run = Run(recipe.resolved_run_dir())
-    images = ImageStore(recipe.image_store or run.root / "images")
+    run.lock()
+    images = ImageStore(recipe.image_store or run.root / "images",
+                        max_pixels=recipe.max_image_pixels)
     data = raw if raw is not None else recipe.model_dump(mode="json")
     run.set_meta(recipe_name=recipe.name, recipe_hash=config_hash(recipe),
                  medrecipe_version=medrecipe.__version__)
-    (run.root / "recipe.yaml").write_text(_yaml_dump(data))
-    return Context(recipe, run, images, RunLog(run.root, echo=echo), progress, force or set())
+    atomic_write_text(run.root / "recipe.yaml", _yaml_dump(data))
+    log = RunLog(run.root, echo=echo)
+    log.attach()  # warnings of the engine and stages go to logs/medrecipe.log too
+    return Context(recipe, run, images, log, progress, force or set())
 
 
 def _yaml_dump(data: Any) -> str:
@@ -347,13 +361,20 @@ def export(ctx: Context, upstream: str) -> tuple[str, dict[str, str]]:
             datasets.disable_progress_bars()
         paths = export_selected({"train": ctx.run.read_table(SELECTED_TRAIN),
                                  "val": ctx.run.read_table(SELECTED_VAL)}, out, ctx.images, r.export)
+        empty = paths.pop("empty", None) is not None
         return StageResult(rows={"train": ctx.run.num_rows(SELECTED_TRAIN),
                                  "val": ctx.run.num_rows(SELECTED_VAL)},
-                           extra={"paths": {k: str(v) for k, v in paths.items()}})
+                           extra={"paths": {k: str(v) for k, v in paths.items()},
+                                  "empty": empty})
 
     ran, rec = run_stage(ctx.run, "export", config_hash(r.export), {"select": upstream}, [], body,
                          force=ctx.forced("export") or not out.exists())
-    ctx.log(f"export: {'done' if ran else 'up to date'} -> {out}")
+    if rec.extra.get("empty"):
+        ctx.log("export: [yellow]no trace was selected, so the exports are empty[/yellow] "
+                "(LLaMA-Factory and JSONL files with no rows, no TRL dataset); the report's "
+                "selection funnel shows where the traces went")
+    else:
+        ctx.log(f"export: {'done' if ran else 'up to date'} -> {out}")
     return rec.fingerprint, rec.extra.get("paths", {})
 
 
@@ -374,22 +395,71 @@ class RunOutcome:
     complete: bool
     exports: dict[str, str] = field(default_factory=dict)
     report: Path | None = None
+    problems: list[str] = field(default_factory=list)  # why the run is incomplete, per stage
+    selected: int | None = None  # traces selected (train + val)
+
+
+def incomplete_reasons(run: Run) -> list[str]:
+    """One line per stage that did not finish its work, naming the real reason."""
+    out = []
+    for name, rec in (run.manifest.get("stages") or {}).items():
+        if rec.get("complete", True):
+            continue
+        x = rec.get("extra") or {}
+        stopped, failures = x.get("stopped"), x.get("failures", 0)
+        parts = []
+        if stopped == "budget":
+            parts.append(f"the budget cap stopped new requests (${x.get('spend_usd', 0):.4f} "
+                         f"spent; {x.get('not_launched', 0)} samples not requested)")
+        elif stopped:
+            parts.append(f"stopped early ({stopped})")
+        if failures:
+            parts.append(f"{failures} request(s) failed after their retries (their errors are "
+                         "in logs/medrecipe.log and the generations table)")
+        for key in ("difficulty",):
+            sub = x.get(key) or {}
+            if sub.get("failed") or sub.get("unparsed"):
+                parts.append(f"{key}: {sub.get('failed', 0)} failed, {sub.get('unparsed', 0)} "
+                             "unparsed judge replies")
+        if rec.get("rows", {}).get("failed") or rec.get("rows", {}).get("unparsed"):
+            parts.append(f"{rec['rows'].get('failed', 0)} failed, "
+                         f"{rec['rows'].get('unparsed', 0)} unparsed replies")
+        out.append(f"{name}: " + ("; ".join(parts) or "did not complete") + "; re-run to continue"
+                   " (answers already received come from the cache)")
+    return out
 
 
 def run_recipe(ctx: Context) -> RunOutcome:
     """Every stage in order; each is skipped when up to date and resumed otherwise."""
-    ctx.run.set_meta(image_store=str(ctx.images.root))
-    fps = ingest(ctx)
-    items_fp = prepare(ctx, fps)
-    items_fp = annotate(ctx, items_fp)
-    gen_fp = generate(ctx, items_fp)
-    gen_rec = ctx.run.stage("generate")
-    if gen_rec is not None and gen_rec.extra.get("stopped") == "budget":
-        ctx.log("[yellow]generation stopped at the budget cap; later stages use what was "
-                "generated so far. Re-run to continue from the cache.[/yellow]")
-    grade_fp = grade(ctx, gen_fp)
-    sel_fp = select(ctx, items_fp, grade_fp)
-    _, paths = export(ctx, sel_fp)
-    rep = report(ctx)
-    complete = all(rec.get("complete", True) for rec in ctx.run.manifest.get("stages", {}).values())
-    return RunOutcome(ctx.run.root, complete, paths, rep)
+    try:
+        ctx.run.set_meta(image_store=str(ctx.images.root))
+        fps = ingest(ctx)
+        items_fp = prepare(ctx, fps)
+        items_fp = annotate(ctx, items_fp)
+        gen_fp = generate(ctx, items_fp)
+        gen_rec = ctx.run.stage("generate")
+        if gen_rec is not None and gen_rec.extra.get("stopped") == "budget":
+            ctx.log("[yellow]generation stopped at the budget cap; later stages use what was "
+                    "generated so far. Re-run to continue from the cache.[/yellow]")
+        grade_fp = grade(ctx, gen_fp)
+        sel_fp = select(ctx, items_fp, grade_fp)
+        _, paths = export(ctx, sel_fp)
+        rep = report(ctx)
+        problems = incomplete_reasons(ctx.run)
+        for p in problems:
+            ctx.log(f"[yellow]incomplete: {p}[/yellow]")
+        sel = ctx.run.stage("select")
+        selected = (sel.rows.get("train", 0) + sel.rows.get("val", 0)) if sel else None
+        return RunOutcome(ctx.run.root, not problems, paths, rep, problems, selected)
+    except UserError as e:
+        stage = ctx.run.active
+        ctx.log.file_only(f"error{f' in {stage}' if stage else ''}: {e}")
+        raise
+    except KeyboardInterrupt:
+        stage = ctx.run.active
+        ctx.log(f"[yellow]interrupted{f' during {stage}' if stage else ''}: completed stages "
+                "and the previous outputs of this one are kept (no half-written file is left); "
+                "re-run to continue[/yellow]")
+        raise
+    finally:
+        ctx.close()

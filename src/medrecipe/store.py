@@ -16,6 +16,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import medrecipe
+from medrecipe.locks import PathLock
 from medrecipe.schema import QUARANTINE_SCHEMA, QuarantineRow, to_table
 
 MANIFEST = "manifest.json"
+# Temporary names used while writing: `.<name>.tmp-<pid>`, `.<name>.cache-<pid>`.
+_TEMP_NAME = re.compile(r"^\..+\.(tmp|cache|old)-\d+$")
 
 
 def _tmp_name(path: Path) -> Path:
@@ -110,6 +115,8 @@ class Run:
             self.root.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.root / MANIFEST
         self.manifest: dict[str, Any] = self._load_manifest()
+        self._lock: PathLock | None = None
+        self.active: str | None = None  # the stage whose body is running, for messages
 
     # ------------------------------------------------------------------ manifest
     def _load_manifest(self) -> dict[str, Any]:
@@ -150,6 +157,43 @@ class Run:
     def invalidate(self, name: str) -> None:
         self.manifest.get("stages", {}).pop(name, None)
         self.save_manifest()
+
+    # ------------------------------------------------------------------ ownership
+    def lock(self) -> PathLock:
+        """Take the run directory for this process (LockHeld names the process that has it)."""
+        if self._lock is None:
+            self._lock = PathLock(self.root / ".lock", f"run directory {self.root}").acquire()
+            self.remove_stale_temp_files()
+        return self._lock
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete what killed runs left behind (`.<name>.tmp-<pid>`, `.trl.cache-<pid>`, ...).
+
+        Called with the run directory locked, so no other process can be writing them. The
+        image store is left alone: it may be shared, and a stray temporary file there is
+        never read (images are found by their exact names).
+        """
+        removed: list[Path] = []
+        folders = [self.root] + [self.root / d for d in ("ingest", "quarantine", "export",
+                                                          "report", "logs")]
+        folders += [self.root / "export" / d for d in ("llamafactory", "jsonl", "trl_parquet")]
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if not _TEMP_NAME.match(p.name):
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
 
     # ------------------------------------------------------------------ tables
     def path(self, name: str) -> Path:
@@ -241,8 +285,14 @@ def run_stage(run: Run, name: str, config_hash: str, inputs: dict[str, str],
         rec = run.stage(name)
         assert rec is not None
         return False, rec
+    if run.stage(name) is not None:
+        # Forget the old record before any output changes: a run killed while the body
+        # writes must not find the stage "up to date" next time, over half-new outputs.
+        run.invalidate(name)
     t0 = time.perf_counter()
+    run.active = name  # left set when the body fails: it names what was interrupted
     result = body()
+    run.active = None
     rec = StageRecord(name=name, fingerprint=fp, config_hash=config_hash, inputs=dict(inputs),
                       rows=result.rows, seconds=round(time.perf_counter() - t0, 3),
                       finished_at=time.time(), complete=result.complete, extra=result.extra)

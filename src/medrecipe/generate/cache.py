@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from medrecipe.config import SamplingConfig
+from medrecipe.errors import UserError
+from medrecipe.locks import PathLock
 
 CACHE_FILE = "requests.sqlite"
 KEY_VERSION = 1
@@ -66,14 +68,24 @@ class RequestCache:
             p = p / CACHE_FILE
         p.parent.mkdir(parents=True, exist_ok=True)
         self.path = p
-        self._db = sqlite3.connect(str(p), timeout=60.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=60000")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses ("
-            " key TEXT PRIMARY KEY, data TEXT NOT NULL, created REAL NOT NULL)")
+        # One process at a time: a second one would send requests the first has in flight.
+        self._lock = PathLock(p.with_name(p.name + ".lock"), f"request cache {p}").acquire()
+        try:
+            self._db = sqlite3.connect(str(p), timeout=60.0, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=60000")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses ("
+                " key TEXT PRIMARY KEY, data TEXT NOT NULL, created REAL NOT NULL)")
+        except sqlite3.Error as e:
+            self._lock.release()
+            raise UserError(f"cannot open the request cache {p}: {e}; check that the folder "
+                            "is writable and the disk is not full") from None
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __repr__(self) -> str:
         return f"RequestCache({str(self.path)!r})"
@@ -121,8 +133,9 @@ class RequestCache:
                                 (key,)).fetchone() is not None
 
     def close(self) -> None:
-        """Close the database (the WAL is checkpointed by SQLite)."""
+        """Close the database (the WAL is checkpointed by SQLite) and release the lock."""
         self._db.close()
+        self._lock.release()
 
     def __enter__(self) -> RequestCache:
         return self

@@ -555,7 +555,6 @@ class _Run:
         led["spend_usd"] += spent
         t.completions_seen += k
         t.avg_completion += (sum(comp) / k - t.avg_completion) * min(1.0, k / max(1, t.completions_seen))
-        fetched = self.res.samples - self.res.cached
         if self.bar:
             self.bar.advance(k, self.res.spend_usd, self.res.failures, fetched=k)
 
@@ -570,10 +569,8 @@ class _Run:
         try:
             self.cache.put_many(batch)  # one transaction: all of the batch or none of it
         except Exception as e:  # noqa: BLE001 - disk full, read-only folder, ...
-            self._cache_failed = True
+            self._cache_failed = True  # said once, by the error this run ends with
             self.unsaved += len(batch)
-            log.error("cannot write the request cache %s: %s; no new requests are sent",
-                      self.cache.path, e)
             self.stop_reason = "cache"
             self.fatal = UserError(
                 f"cannot write the request cache at {self.cache.path}: {e}. Free disk space "
