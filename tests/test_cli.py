@@ -96,3 +96,18 @@ def test_ingest_quarantines_each_defect_and_keeps_good_rows(tmp_path):
 def test_inspect_on_a_non_run_is_a_user_error(tmp_path):
     r = medrecipe("inspect", tmp_path)
     assert r.returncode == 2 and "not a medrecipe run directory" in r.stderr
+
+
+def test_run_fails_before_any_work_when_a_key_variable_or_template_is_missing(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "1", "question": "Q?", "options": ["x", "y"],
+                                                  "answer": "A"}) + "\n")
+    p = _recipe(tmp_path, [{"name": "a", "adapter": "generic", "path": "a.jsonl"}],
+                teachers={"t": {"model": "m", "base_url": "https://api.example.invalid/v1",
+                                "api_key_env": "MEDRECIPE_TEST_UNSET_KEY",
+                                "template": "missing_template.j2"}})
+    for cmd in ("validate", "run"):
+        r = medrecipe(cmd, p)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "teachers.t.api_key_env" in r.stderr and "MEDRECIPE_TEST_UNSET_KEY" in r.stderr
+        assert "teachers.t.template" in r.stderr
+    assert not (tmp_path / "run" / "ingest").exists()  # nothing was ingested

@@ -161,7 +161,8 @@ def test_429_with_retry_after_is_honoured(server, tmp_path):
     assert res.generations[0].error is None
 
 
-@pytest.mark.parametrize("kind", ["500", "502", "503", "malformed", "empty", "close"])
+@pytest.mark.parametrize("kind", ["500", "502", "503", "malformed", "empty", "close",
+                                  "truncated"])
 def test_transient_failures_are_retried(server, tmp_path, kind):
     server.inject(kind, times=2)
     res = run(teacher(server, max_in_flight=1), requests(2), tmp_path / "c")
@@ -487,3 +488,16 @@ def test_budget_is_never_exceeded_when_answers_use_max_tokens(tmp_path):
         assert res.stopped == "budget" and not res.complete
         assert res.spend_usd <= 3.5 * per_call + 50
         assert len(res.generations) == 3 and res.not_launched == 7
+
+
+def test_a_fault_storm_leaves_the_ledger_equal_to_what_the_server_saw(tmp_path):
+    storm = {"429": 0.05, "500": 0.05, "malformed": 0.05, "empty": 0.05, "close": 0.08,
+             "truncated": 0.05, "timeout": 0.02}
+    with ChatServer(chaos=storm, chaos_seed=3, chaos_retry_after=0.01, hang_s=1.0) as srv:
+        cfg = teacher(srv, max_in_flight=8, max_retries=8, timeout_s=0.3)
+        res = run(cfg, requests(60, n=2), tmp_path / "c")
+        faulted = sum(1 for r in srv.received if r.answered != "ok")
+    assert faulted > 10  # the storm happened
+    assert res.requests_sent == srv.count == res.by_teacher["t"]["requests"]
+    assert sorted((g.item_id, g.sample_index) for g in res.generations) == sorted(
+        (f"q{i}", j) for i in range(60) for j in range(2))

@@ -33,7 +33,8 @@ from typing import Any
 
 Responder = Callable[[dict[str, Any], int], "str | dict[str, Any]"]
 
-FAULT_KINDS = ("429", "500", "502", "503", "timeout", "malformed", "empty", "close", "400", "401")
+FAULT_KINDS = ("429", "500", "502", "503", "timeout", "malformed", "empty", "close", "truncated",
+               "400", "401")
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             411: "Length Required", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -101,6 +102,10 @@ class ChatServer:
     host: str = "127.0.0.1"
     port: int = 0
     hang_s: float = 30.0  # how long a "timeout" fault keeps the client waiting
+    # Random faults: {kind: probability} drawn per request after scripted faults (a storm).
+    chaos: dict[str, float] = field(default_factory=dict)
+    chaos_seed: int = 0
+    chaos_retry_after: float = 0.05
     count: int = 0  # chat-completion requests received (faulted ones included)
     connections: int = 0  # TCP connections accepted
     in_flight: int = 0
@@ -112,6 +117,7 @@ class ChatServer:
     _server: asyncio.AbstractServer | None = None
     _thread: threading.Thread | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _rng: Any = None
 
     # ------------------------------------------------------------------ control
     @property
@@ -203,6 +209,17 @@ class ChatServer:
                     if f.times <= 0:
                         self._faults.remove(f)
                     return f
+            if self.chaos:
+                if self._rng is None:
+                    import random
+
+                    self._rng = random.Random(self.chaos_seed)
+                x = self._rng.random()
+                for kind, p in self.chaos.items():
+                    if x < p:
+                        return Fault(kind, retry_after=self.chaos_retry_after
+                                     if kind == "429" else None)
+                    x -= p
         return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -331,7 +348,13 @@ class ChatServer:
         if kind == "timeout":
             await asyncio.sleep(self.hang_s)
             return False
-        if kind == "close":
+        if kind == "close":  # read the request, then hang up without a word
+            return False
+        if kind == "truncated":  # promise a body, send half of it, hang up
+            head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 400\r\nConnection: keep-alive\r\n\r\n")
+            writer.write(head.encode("latin-1") + b'{"id": "x", "choices": [')
+            await writer.drain()
             return False
         if kind == "malformed":
             self._write(writer, 200, b'{"id": "x", "choices": [{"message": ')
