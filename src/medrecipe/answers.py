@@ -101,11 +101,12 @@ def normalize_open(text: str | None) -> str:
     return _SPACE_RE.sub(" ", t).strip()
 
 
-def _yes_no_reading(normalised: str) -> str | None:
+def yes_no_reading(normalised: str) -> str | None:
     """'yes'/'no' when a normalised answer reads as one ("no fracture" reads as no)."""
     if normalised in _YES_NO:
         return normalised
-    if normalised.startswith("no ") or normalised.startswith("not "):
+    # "no fracture" reads as no; "not sure" / "not clear" are doubts, not a no.
+    if normalised.startswith("no "):
         return "no"
     return None
 
@@ -891,7 +892,7 @@ def _grade_open(answer: str, gold_norm: str) -> bool:
     if pred == gold_norm:
         return True
     if gold_norm in _YES_NO:
-        return _yes_no_reading(pred) == gold_norm
+        return yes_no_reading(pred) == gold_norm
     return False
 
 

@@ -148,6 +148,9 @@ class PassRateFilter(_Model):
     teacher: str | None = None  # None: all teachers pooled
     min_correct: int = 2
     max_correct: int = 14
+    # Valid samples (graded, terminated, no failed request) a question needs before it is
+    # judged easy or hard; None: every sample generated for it.
+    min_valid: int | None = Field(default=None, ge=1)
 
 
 class DifficultyFilter(_Model):
