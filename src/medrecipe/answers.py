@@ -1,8 +1,10 @@
 """Answer extraction and grading.
 
 The extractor never guesses. It reads only the part of a response after the last closed
-thinking block and applies these rules in order, stopping at the first that finds a final
-answer:
+thinking block, cut before an invented continuation (a new "Question:", "## Medical
+Question", "### Example", "Q1:", a leaked chat-template line or a code block written after
+the reply), and applies these rules in order, stopping at the first that finds a final
+answer (docs/grading.md has the whole list and the real-output figures):
 
 1. ``boxed``: the last ``\\boxed{...}`` with balanced braces (LaTeX and markdown wrappers
    inside it are removed: ``\\boxed{\\text{(B)}}``, ``\\boxed{B: Stroma}``).
@@ -17,6 +19,14 @@ answer:
    option whose mention is negated ("not stroma", "Tumor is unlikely"). The rule is not
    applied to items whose options include words too common to search for in prose
    (yes, no, true, false, none, ...) or texts shorter than three characters.
+
+Between the answer tag and the answer phrase, ``json`` reads the last JSON answer key
+(``"answer"``, ``"answer_choice"``, ``"Answer Choice"``, ``"final_answer"``, ...), also cut off
+after its value; after the phrase, ``lead`` reads a reply that opens with its answer on a
+line of its own ("B", "(B) Stroma", "B. Stroma", "Stroma is the best answer"). Text after a
+letter must agree with that letter's option (be its text or a prefix of it): naming
+another option makes it no answer (boxes keep the letter). Several letters, or an opening
+answer that a later phrase contradicts, are no answer.
 
 A *final answer that is present but invalid* stops the search: when the last box or answer
 tag holds something that is not one of the item's options (letter F with four options, two
