@@ -533,3 +533,128 @@ BARE_CASES = [
 @pytest.mark.parametrize("text,options,answer,method,span", BARE_CASES)
 def test_rule_bare_reply(text, options, answer, method, span):
     check(text, options, answer, method, span)
+
+
+# --------------------------------------------------------------------------- real-output formats
+# Shapes seen in published evaluation logs of public models (tests/fixtures/extraction_devset.jsonl).
+
+GALL = ["Cholecystitis", "Gallbladder cancer", "Choledocholithiasis", "Pancreatitis"]
+
+JSON_ANSWERS = [
+    case('{"step_by_step_thinking": "The mass and weight loss point to a tumour.", '
+         '"answer_choice": "B. Gallbladder cancer"}', GALL, "B", "json", "B. Gallbladder cancer", id="answer-choice-letter-text"),
+    case('{"answer": "C"}', GALL, "C", "json", "C", id="answer-key"),
+    case('```json\n{"reasoning": "stones in the duct", "Answer Choice": "C"}\n```', GALL, "C", "json", "C",
+         id="fenced-spaced-key"),
+    case('{"final_answer": "Pancreatitis", "confidence": 0.7}', GALL, "D", "json", "Pancreatitis", id="final-answer-text"),
+    case('{"correct_option": "A", "explanation": "Murphy sign with fever and leukocyto', GALL, "A", "json", "A",
+         id="cut-off-after-answer"),
+    case("{'answer': 'b'}", GALL, "B", "json", "b", id="single-quotes-lowercase"),
+    case('{"answer_choice": "B. Pancreatitis"}', GALL, None, "none", None, id="letter-names-another-option"),
+    case('{"answer_choice": "A, C"}', GALL, None, "none", None, id="several-letters"),
+    case('{"answer": null}', GALL, None, "none", None, id="null-answer"),
+]
+
+
+@pytest.mark.parametrize("text,options,answer,method,span", JSON_ANSWERS)
+def test_json_answers(text, options, answer, method, span):
+    check(text, options, answer, method, span)
+
+
+LETTER_WITH_TEXT = [
+    case("(A) Cholecystitis\n\nFever, right upper quadrant pain and a positive Murphy sign.", GALL, "A", "lead", "(A)",
+         id="paren-letter-own-text"),
+    case("E. Decreased FEV1, normal FVC\n\nObstruction reduces FEV1 first.",
+         ["Normal FEV1", "Low FVC", "High TLC", "Low DLCO", "Decreased FEV1, normal FVC"], "E", "lead", "E",
+         id="letter-own-text-with-comma"),
+    case("**Answer Choice**: D. Inhibition of lipase",
+         ["Inhibition of HMG-CoA reductase", "Bile acid binding", "PPAR-alpha agonism", "Inhibition of lipase"],
+         "D", "answer_phrase", "D", id="bold-answer-choice-label"),
+    case("The correct answer is B. Pancreatitis.", GALL, None, "none", None, id="phrase-letter-names-another"),
+    case("B. Gallbla\n\nExplanation: a porcelain gallbladder", GALL, "B", "lead", "B", id="prefix-of-own-text"),
+    case("C. Cholecystitis\n\nStones obstruct the cystic duct.", GALL, None, "none", None, id="lead-names-another"),
+    case("B (Gallbladder cancer)\n\nRationale: calcified wall.", GALL, "B", "lead", "B", id="letter-paren-text"),
+    case("<answer>B: Pancreatitis</answer>", GALL, None, "none", None, id="tag-letter-names-another"),
+]
+
+
+@pytest.mark.parametrize("text,options,answer,method,span", LETTER_WITH_TEXT)
+def test_letter_with_its_option_text(text, options, answer, method, span):
+    check(text, options, answer, method, span)
+
+
+SEVERAL_LETTERS = [
+    case("The answer is A, B, and C.", GALL, None, "none", None, id="phrase-three-letters"),
+    case("B, C, or D\n\nAll three can present this way.", GALL, None, "none", None, id="lead-or-list"),
+    case("D, B is the correct answer.", GALL, None, "none", None, id="letter-before-reverse-phrase"),
+    case("A\n\nRationale: fever and pain.\n\nTherefore, the correct answer is C.", GALL, None, "none", None,
+         id="opens-with-A-closes-with-C"),
+    case("A\n\nRationale: fever and pain.\n\nFinal answer: A", GALL, "A", "answer_phrase", "A", id="opens-and-closes-same"),
+]
+
+
+@pytest.mark.parametrize("text,options,answer,method,span", SEVERAL_LETTERS)
+def test_several_letters_committed_is_no_answer(text, options, answer, method, span):
+    check(text, options, answer, method, span)
+
+
+CONTINUATIONS = [
+    case(" D\n\nQuestion: A 30-year-old woman has jaundice. Which test is next?\nA. CT\nB. MRCP\n\nAnswer: B",
+         GALL, "D", "bare", "D", id="base-model-writes-next-question"),
+    case("Cholecystitis is most likely.\n\nAnswer: A\n\n## Medical Question\nWhich enzyme rises first?\n"
+         "A. Lipase\nB. Amylase\n**Answer:** B", GALL, "A", "answer_phrase", "A", id="markdown-medical-question"),
+    case("Final Answer: C\n\n### Example 4\nQuestion: ...\nFinal Answer: A\n\n### Example 5\nFinal Answer: B",
+         GALL, "C", "answer_phrase", "C", id="several-invented-examples"),
+    case("Final Answer: A\n```\nA\n```\n```python\noptions = {\"answer\": \"B\"}\n```", GALL, "A", "answer_phrase", "A",
+         id="code-block-after-answer"),
+    case("Question: which organ is inflamed?\nThe gallbladder wall is thick.\nAnswer: A", GALL, "A", "answer_phrase",
+         "A", id="restated-question-at-start-is-kept"),
+    case("Let me think.\n\nQuestion: A 50-year-old man...\nAnswer: C", GALL, None, "none", None,
+         id="answer-only-in-invented-question"),
+]
+
+
+@pytest.mark.parametrize("text,options,answer,method,span", CONTINUATIONS)
+def test_invented_continuation_is_not_read(text, options, answer, method, span):
+    check(text, options, answer, method, span)
+
+
+MARKUP = [
+    case("Reasoning about the duct.\n\n## Answer\nC", GALL, "C", "answer_phrase", "C", id="heading-then-letter"),
+    case("Reasoning.\n\n### Final Answer\n\n**B**", GALL, "B", "answer_phrase", "B", id="final-heading-bold"),
+    case("Reasoning.\n<ANSWER>C</ANSWER>", GALL, "C", "answer_tag", "C", id="upper-case-tag"),
+    case("Reasoning.\n\\boxed{D}", GALL, "D", "boxed", "D", id="boxed"),
+    case("TP53\n", ["KRAS", "TP53", "PTEN", "Rb"], "B", "bare", "TP53", id="reply-is-one-option-text"),
+    case("Gallbladder cancer is the most likely diagnosis.\n\nThe wall is calcified.", GALL, "B", "lead",
+         "Gallbladder cancer", id="opens-with-option-text"),
+    case("Cholecystitis is unlikely here.\n\nThe wall is calcified.", GALL, None, "none", None,
+         id="opening-option-text-negated"),
+    case("A. Cholecystitis: fever would be expected.\nB. Gallbladder cancer: fits the calcified wall.", GALL, None,
+         "none", None, id="options-analysed-one-by-one"),
+]
+
+
+@pytest.mark.parametrize("text,options,answer,method,span", MARKUP)
+def test_markup_and_opening_answers(text, options, answer, method, span):
+    check(text, options, answer, method, span)
+
+
+def test_unterminated_thinking_stays_unanswered_with_new_rules():
+    ex = extract('<think>{"answer": "B"} and the answer is B', GALL)
+    assert (ex.answer, ex.terminated) == (None, False)
+
+
+def test_devset_of_real_outputs_is_read():
+    # Guards the figures in benchmarks/RESULTS.md: real outputs labelled by hand.
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in
+            (Path(__file__).parent / "fixtures" / "extraction_devset.jsonl").read_text().splitlines() if line]
+    got = [(r["label"], extract(r["output"], r["options"]).answer) for r in rows]
+    exact = sum(label == answer for label, answer in got)
+    invented = sum(label is None and answer is not None for label, answer in got)
+    wrong = sum(label is not None and answer not in (None, label) for label, answer in got)
+    assert exact / len(rows) >= 0.90
+    assert invented <= 3
+    assert wrong <= 1

@@ -92,10 +92,11 @@ def test_compare_writes_table_and_both_plots(two_runs):
     table = md.split("## Parse failures")[0]
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
             for r in table.splitlines() if r.startswith("| Oracle-7B") or r.startswith("| AlwaysB")}
-    assert rows["Oracle-7B"][1:5] == ["**100.0**", "**100.0**", "**100.0**", "**100.0**"]
-    assert rows["AlwaysB"][1:5] == ["25.0", "25.0", "33.3", "33.3"]
+    # two seeds with identical results: a std of 0.0 is printed, not left out
+    assert rows["Oracle-7B"][1:5] == ["**100.0 ± 0.0**", "**100.0**", "**100.0 ± 0.0**", "**100.0**"]
+    assert rows["AlwaysB"][1:5] == ["25.0 ± 0.0", "25.0", "33.3 ± 0.0", "33.3"]
     # both models score 25% on brain tumor: a tie is bold in both rows
-    assert rows["Oracle-7B"][5] == rows["AlwaysB"][5] == "**25.0**"
+    assert rows["Oracle-7B"][5] == rows["AlwaysB"][5] == "**25.0 ± 0.0**"
     assert "Parse failures" in md
     page = res.html.read_text()
     assert "Oracle-7B" in page and "AlwaysB" in page and "<table>" in page

@@ -133,8 +133,12 @@ def test_benchmark_summary_rates_tokens_and_classification():
     assert out["mean_answer_tokens"] == pytest.approx(3.0)
     # pass@2 with n=2: each item has one right sample -> 1.0
     assert out["pass_at_k"] == {"1": pytest.approx(0.5), "2": pytest.approx(1.0)}
-    # vote: a = tie A/B -> A (seed 0 first) right; b = only B -> right
-    assert out["majority_vote"] == pytest.approx(1.0)
+    # vote: a = tie A/B -> A (seed 0 first) right; b = [invalid] (seed 0) ties B and
+    # comes first -> wrong by default; with unparsed samples dropped b = only B -> right
+    assert out["majority_vote"] == pytest.approx(0.5)
+    assert out["vote_invalid"] == "count" and out["vote_draw"] == ["0/0", "1/0"]
+    dropped = m.benchmark_summary(rows, vote_invalid="drop", bootstrap_resamples=10)
+    assert dropped["majority_vote"] == pytest.approx(1.0)
     # seed 0: truth [cat, dog], pred [cat, None]: F1 cat 1, dog 0 -> 0.5 ; bal acc 0.5
     # seed 1: truth [cat, dog], pred [dog, dog]: F1 cat 0, dog 2/3 -> 1/3 ; bal acc 0.5
     assert out["macro_f1"] == pytest.approx((0.5 + 1 / 3) / 2)

@@ -1,8 +1,10 @@
 """Answer extraction and grading.
 
 The extractor never guesses. It reads only the part of a response after the last closed
-thinking block and applies these rules in order, stopping at the first that finds a final
-answer:
+thinking block, cut before an invented continuation (a new "Question:", "## Medical
+Question", "### Example", "Q1:", a leaked chat-template line or a code block written after
+the reply), and applies these rules in order, stopping at the first that finds a final
+answer (docs/grading.md has the whole list and the real-output figures):
 
 1. ``boxed``: the last ``\\boxed{...}`` with balanced braces (LaTeX and markdown wrappers
    inside it are removed: ``\\boxed{\\text{(B)}}``, ``\\boxed{B: Stroma}``).
@@ -17,6 +19,14 @@ answer:
    option whose mention is negated ("not stroma", "Tumor is unlikely"). The rule is not
    applied to items whose options include words too common to search for in prose
    (yes, no, true, false, none, ...) or texts shorter than three characters.
+
+Between the answer tag and the answer phrase, ``json`` reads the last JSON answer key
+(``"answer"``, ``"answer_choice"``, ``"Answer Choice"``, ``"final_answer"``, ...), also cut off
+after its value; after the phrase, ``lead`` reads a reply that opens with its answer on a
+line of its own ("B", "(B) Stroma", "B. Stroma", "Stroma is the best answer"). Text after a
+letter must agree with that letter's option (be its text or a prefix of it): naming
+another option makes it no answer (boxes keep the letter). Several letters, or an opening
+answer that a later phrase contradicts, are no answer.
 
 A *final answer that is present but invalid* stops the search: when the last box or answer
 tag holds something that is not one of the item's options (letter F with four options, two
@@ -49,7 +59,7 @@ if TYPE_CHECKING:
     from medrecipe.config import GradeConfig
 
 METHODS: tuple[str, ...] = ("boxed", "answer_tag", "answer_phrase", "option_text", "bare", "judge",
-                            "none")
+                            "none", "json", "lead")
 
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
@@ -101,11 +111,12 @@ def normalize_open(text: str | None) -> str:
     return _SPACE_RE.sub(" ", t).strip()
 
 
-def _yes_no_reading(normalised: str) -> str | None:
+def yes_no_reading(normalised: str) -> str | None:
     """'yes'/'no' when a normalised answer reads as one ("no fracture" reads as no)."""
     if normalised in _YES_NO:
         return normalised
-    if normalised.startswith("no ") or normalised.startswith("not "):
+    # "no fracture" reads as no; "not sure" / "not clear" are doubts, not a no.
+    if normalised.startswith("no "):
         return "no"
     return None
 
@@ -236,6 +247,208 @@ def _multiple_letters(text: str, stop: int, end: int) -> bool:
     return _MULTI_RE.match(text, stop, end) is not None
 
 
+
+# --------------------------------------------------------------------------- letter and text
+
+_SEP_RE = re.compile(r"[ \t]*(?:[.:)\]\-–—,]|=)?[ \t]*")
+
+
+def _named_option(rest: str, opts: _Options) -> tuple[int, int] | None:
+    """(option index, end in the normalised text) of the longest option text that `rest` starts with."""
+    norm = normalize_open(rest)
+    if not norm:
+        return None
+    best: tuple[int, int] | None = None
+    for i, o in enumerate(opts.normed):
+        if o and (norm == o or norm.startswith(o + " ")) and (best is None or len(o) > best[1]):
+            best = (i, len(o))
+    return best
+
+
+def _text_agreement(rest: str, letter: str, opts: _Options) -> str:
+    """How text written after a letter relates to that letter's option.
+
+    "agrees": it is the option's text (possibly followed by more words) or a prefix of it;
+    "other": it starts with the text of another option; "unknown": neither, or no text.
+    """
+    norm = normalize_open(rest)
+    if not norm:
+        return "unknown"
+    own = opts.normed[LETTERS.index(letter)]
+    named = _named_option(rest, opts)
+    if named is not None:
+        # The longest option the text starts with decides; the letter's own text, when the
+        # text starts with it too, wins a tie ("Cytology every 3 years" inside a longer one).
+        if LETTERS[named[0]] == letter or (own and (norm == own or norm.startswith(own + " "))):
+            return "agrees"
+        return "other"
+    if own and len(norm) >= 4 and own.startswith(norm):
+        return "agrees"
+    return "unknown"
+
+
+def _names_other_option(rest: str, letter: str, opts: _Options) -> bool:
+    """Whether the text after a letter names an option other than that letter's."""
+    rest = _SEP_RE.sub("", rest, count=1) if rest else rest
+    return bool(rest) and _text_agreement(rest, letter, opts) == "other"
+
+
+# --------------------------------------------------------------------------- invented continuations
+
+# Small models often answer, then write a question nobody asked ("Question: ...",
+# "## Medical Question", "### Example 4", a leaked chat-template line, a code block) with
+# answers of its own. Only what comes before the first such start belongs to the reply.
+_CONTINUATION_RE = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*|\*\*)?(?:(?:new|next|another|medical|sample|practice)[ \t]+)?"
+    r"(?:question|example|problem|exercise)(?:[ \t]*#?[ \t]*\d+)?[ \t]*(?:\*\*)?[ \t]*(?::|\.(?!\w)|$)"
+    r"|^[ \t]*q\d*[ \t]*[:.][ \t]"
+    r"|^[ \t]*you are an ai assistant"
+    r"|^[ \t]*(?:human|user|instruction|input)[ \t]*:"
+    r"|^```[ \t]*(?:python|py|javascript|java|cpp)\b",
+    re.M,
+)
+
+
+def _continuation_start(lower: str, start: int) -> int:
+    """Where an invented continuation begins after some reply text, else len(lower)."""
+    for m in _CONTINUATION_RE.finditer(lower, start):
+        if lower[start : m.start()].strip():
+            return m.start()
+    return len(lower)
+
+
+# --------------------------------------------------------------------------- JSON answers
+
+# "answer", "answer_choice", "Answer Choice", "final_answer", "correct_option", "choice", ...
+_JSON_KEY_RE = re.compile(
+    r"[\"']((?:final[ _-]?)?(?:correct[ _-]?|best[ _-]?|selected[ _-]?|chosen[ _-]?)?"
+    r"(?:answer|choice|option)(?:[ _-]?(?:choice|option|letter|label|id|key))?|prediction)[\"']"
+    r"[ \t]*:[ \t]*"
+)
+
+
+def _find_json(text: str, lower: str, start: int, opts: _Options | None) -> Extraction | None:
+    """The answer held by the last JSON answer key (quoted value, possibly cut off), or None."""
+    last = None
+    for m in _JSON_KEY_RE.finditer(lower, start):
+        last = m
+    if last is None:
+        return None
+    p, n = last.end(), len(text)
+    if p < n and text[p] in "\"'":
+        q, s = text[p], p + 1
+        e = s
+        while e < n and text[e] != q and text[e] != "\n":
+            e += 2 if text[e] == "\\" else 1
+        e = min(e, n)
+    else:
+        s = p
+        m = re.compile(r"[^,}\n]*").match(text, p)
+        e = m.end() if m else p
+    if text[s:e].strip().lower() in ("null", "none", ""):
+        return Extraction(None, "none", None, True, text[s:e].strip())
+    return _judge_content(text, s, e, "json", opts, strict=True)
+
+
+# --------------------------------------------------------------------------- lead answer
+
+_LEAD_PREFIX_RE = re.compile(r"(?:(?:option|choice|answer)[ \t]*:?[ \t]+)?", re.I)
+_LEAD_TRAIL_RE = re.compile(r"[\s.*_)\]]*$")
+_LABEL_LINE_RE = re.compile(r"^[ \t]*[(\[]?([A-Z])[)\].:][ \t]+(\S.*)$", re.M)
+_BARE_LINE_RE = re.compile(r"^[ \t*_]*[(\[]?([A-Z])[)\]]?[ \t*_.]*$", re.M)
+_LEAD_TEXT_END_RE = re.compile(
+    r"[ \t]*(?:$|[.,;!](?:\s|$)|is[ \t]+(?:the[ \t]+)?(?:best|correct|right|most|answer|appropriate|likely)"
+    r"|would[ \t]+be[ \t]+(?:the[ \t]+)?(?:best|correct|most))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Lead:
+    answer: Extraction | None  # the answer the first line gives, or an invalid result
+    strong: bool  # the line is nothing but the answer (letter and/or its option text)
+    walkthrough: bool  # the reply lists options one by one: no option-text reading
+    single: bool = False  # the reply is that one line (the bare and option-text rules read it)
+
+
+_NO_LEAD = _Lead(None, False, False)
+
+
+def _lists_other_options(text: str, line_end: int, letter: str, opts: _Options) -> bool:
+    """Whether later lines label other options with their own text ("B. Stroma"): a listing."""
+    for m in _LABEL_LINE_RE.finditer(text, line_end):
+        other = m.group(1)
+        if other != letter and other in opts.letters and _text_agreement(m.group(2), other, opts) == "agrees":
+            return True
+    return False
+
+
+def _find_lead(text: str, lower: str, start: int, opts: _Options) -> _Lead:
+    """The answer a reply opens with: "B", "(B)", "B. Stroma", "B, stroma because ...", "Stroma is ..."."""
+    s, end = _trim(text, start, len(text))
+    if s >= end:
+        return _NO_LEAD
+    nl = text.find("\n", s, end)
+    if nl < 0:
+        lead = _first_line(text, lower, s, end, end, opts)
+        return _Lead(lead.answer, lead.strong, lead.walkthrough, True)
+    return _first_line(text, lower, s, nl, end, opts)
+
+
+def _first_line(text: str, lower: str, s: int, line_end: int, end: int, opts: _Options) -> _Lead:
+    """_find_lead for the reply's first line text[s:line_end]; the reply ends at `end`."""
+    p = _LEAD_PREFIX_RE.match(text, s, line_end).end()
+    tok = _letter_token(text, p, line_end)
+    if tok is not None and (text[p].isupper() or text[p] in "(["):
+        letter, ls, le = tok
+        if letter not in opts.letters:
+            return _Lead(Extraction(None, "none", None, True, text[s:line_end].strip()), True, False)
+        if _multiple_letters(text, le, line_end):
+            return _Lead(Extraction(None, "none", None, True, text[s:line_end].strip()), True, False)
+        rest = text[le:line_end]
+        found = Extraction(letter, "lead", (ls, le), True)
+        if _negated(lower, ls, line_end, s):
+            return _Lead(None, False, True)  # "Option A (Tumor) is unlikely"
+        if _LEAD_TRAIL_RE.fullmatch(rest):
+            for m in _BARE_LINE_RE.finditer(text, line_end, end):
+                if m.group(1).upper() != letter:
+                    return _Lead(Extraction(None, "none", None, True, text[s:end].strip()), True, False)
+            return _Lead(found, True, False)
+        body = _SEP_RE.sub("", rest, count=1)
+        paren = body.startswith("(")
+        if paren:
+            close = body.find(")")
+            body = body[1 : close if close >= 0 else len(body)]
+        agreement = _text_agreement(body, letter, opts)
+        if agreement == "other":
+            return _Lead(Extraction(None, "none", None, True, text[s:line_end].strip()), True, False)
+        if agreement == "unknown":
+            return _NO_LEAD  # "C. difficile colitis is likely": not a labelled answer
+        if _lists_other_options(text, line_end, letter, opts):
+            return _Lead(None, False, True)
+        own = opts.lowered[LETTERS.index(letter)]
+        q = lower.find(own, le, line_end)
+        after = lower[q + len(own) : line_end] if q >= 0 else ""
+        if after.lstrip().startswith(":"):
+            return _Lead(None, False, True)  # "A. Tumor: ..." analyses one option after another
+        strong = q >= 0 and _LEAD_TRAIL_RE.fullmatch(after) is not None or paren
+        return _Lead(found, bool(strong), False)
+    # An option's own text opening the reply: "Stroma", "Stroma is the answer."
+    for i in opts.by_length:
+        o = opts.lowered[i]
+        if len(opts.normed[i]) < 3 or opts.normed[i] in _UNSEARCHABLE or not lower.startswith(o, s):
+            continue
+        q = s + len(o)
+        if q < line_end and lower[q].isalnum():
+            continue
+        if not _LEAD_TEXT_END_RE.match(lower, q, line_end) or _negated(lower, s, q, s):
+            return _NO_LEAD
+        letter = opts.by_norm.get(opts.normed[i])
+        if letter is None or _lists_other_options(text, line_end, letter, opts):
+            return _NO_LEAD
+        strong = _LEAD_TRAIL_RE.fullmatch(text[q:line_end]) is not None
+        return _Lead(Extraction(letter, "lead", (s, q), True), strong, False)
+    return _NO_LEAD
+
 # --------------------------------------------------------------------------- rules
 
 def _find_boxed(text: str, start: int) -> tuple[int, int] | None:
@@ -269,11 +482,12 @@ def _find_boxed(text: str, start: int) -> tuple[int, int] | None:
         # Unbalanced (e.g. cut off): not a boxed answer; look at an earlier one.
 
 
-def _find_tag(text: str, start: int) -> tuple[int, int] | None:
-    close = text.rfind(_TAG_CLOSE, start)
+def _find_tag(lower: str, start: int) -> tuple[int, int] | None:
+    """Content span of the last <answer>...</answer> (any case: <ANSWER> too)."""
+    close = lower.rfind(_TAG_CLOSE, start)
     if close < 0:
         return None
-    open_ = text.rfind(_TAG_OPEN, start, close)
+    open_ = lower.rfind(_TAG_OPEN, start, close)
     if open_ < 0:
         return None
     return open_ + len(_TAG_OPEN), close
@@ -287,8 +501,14 @@ def _trim(text: str, s: int, e: int) -> tuple[int, int]:
     return s, e
 
 
-def _judge_content(text: str, s: int, e: int, method: str, opts: _Options | None) -> Extraction:
-    """Extraction from a delimited final answer (box or tag); invalid content stops the search."""
+def _judge_content(
+    text: str, s: int, e: int, method: str, opts: _Options | None, strict: bool = False
+) -> Extraction:
+    """Extraction from a delimited final answer (box, tag, JSON value); invalid content stops the search.
+
+    With `strict`, a letter followed by the text of another option ("B: Tumor" when B is
+    Stroma) is not an answer; boxes keep the letter, as the crafted rule tests pin.
+    """
     s, e = _trim(text, s, e)
     raw = text[s:e]
     cleaned = _clean_content(raw)
@@ -307,6 +527,8 @@ def _judge_content(text: str, s: int, e: int, method: str, opts: _Options | None
         if tok is not None:
             letter, _, stop = tok
             if letter in opts.letters and not _multiple_letters(content, stop, len(content)):
+                if strict and _names_other_option(content[stop:], letter, opts):
+                    break
                 return Extraction(letter, method, (s, e), True)
             break
         # "A stroma": a bare letter followed by that letter's own option text.
@@ -332,7 +554,12 @@ _VERB_SUFFIX_RE = re.compile(
 )
 # "Answer:", "**Final Answer:**", "Answer (letter):", "answer = B", "correct option: B"
 _LABEL_PREFIX_RE = re.compile(r"\b(?:final|correct|best)\s+$")
-_LABEL_SUFFIX_RE = re.compile(r"(?:\s*\([^)\n]{0,20}\))?[ \t*_]*(?::|=|-[ \t])")
+_LABEL_SUFFIX_RE = re.compile(
+    r"(?:[ \t]+(?:choice|option|letter))?(?:\s*\([^)\n]{0,20}\))?[ \t*_]*(?::|=|-[ \t])"
+)
+# "## Answer" / "**Final Answer**" alone on a line, the answer on the next one.
+_HEADING_PREFIX_RE = re.compile(r"(?:^|\n)[ \t]*(?:#{1,6}[ \t]*|\*\*)(?:(?:final|correct)[ \t]+)?$")
+_HEADING_SUFFIX_RE = re.compile(r"[ \t*_:]*\n")
 _OPTION_LABEL_SUFFIX_RE = re.compile(r"[ \t*_]*:")
 # Reverse: "(B) is the correct answer", "option B is correct".
 _REVERSE_PREFIX_RE = re.compile(
@@ -340,6 +567,7 @@ _REVERSE_PREFIX_RE = re.compile(
 )
 _REVERSE_SUFFIX_RE = re.compile(r"\s+(?:answer|option|choice)\b")
 _REVERSE_LETTER_RE = re.compile(r"(?:(?:option|choice)\s+)?")
+_LETTER_BEFORE_RE = re.compile(r"(?<![A-Za-z])\(?[A-Z]\)?[ \t]*(?:,|/|&|\band\b|\bor\b)[ \t]*$")
 _WINDOW = 40
 _FILLER_RE = re.compile(
     r"(?:[\s*_:\"'`>#]|\\\(|\$)*"
@@ -373,9 +601,11 @@ def _phrase_mc(text: str, lower: str, p: int, end: int, opts: _Options) -> Extra
     if tok is None:
         return None
     letter, s, e = tok
-    if letter not in opts.letters or _multiple_letters(text, e, end):
-        stop = text.find("\n", e)
-        return Extraction(None, "none", None, True, text[s : stop if stop >= 0 else end].strip())
+    stop = text.find("\n", e, end)
+    stop = end if stop < 0 else stop
+    if (letter not in opts.letters or _multiple_letters(text, e, end)
+            or _names_other_option(text[e:stop], letter, opts)):
+        return Extraction(None, "none", None, True, text[s:stop].strip())
     return Extraction(letter, "answer_phrase", (s, e), True)
 
 
@@ -414,6 +644,11 @@ def _forward_anchor(lower: str, start: int, k: int) -> tuple[int, int] | None:
         if m:
             pre = _LABEL_PREFIX_RE.search(lower, ws, k)
             return (pre.start() if pre else k), m.end()
+        pre = _HEADING_PREFIX_RE.search(lower, ws, k)
+        if pre:
+            m = _HEADING_SUFFIX_RE.match(lower, after)
+            if m:
+                return pre.start(), m.end()
     else:
         after = k + 6  # "option" and "choice" have the same length
         pre = _LABEL_PREFIX_RE.search(lower, ws, k)
@@ -453,6 +688,8 @@ def _reverse_phrase(
         if q > pre.start() or text[q] == "(":
             return Extraction(None, "none", None, True, text[pre.start() : kw_end])
         return None  # a bare capital ("vitamin K is correct") is not clearly a letter
+    if _LETTER_BEFORE_RE.search(text, max(start, q - 8), q):
+        return Extraction(None, "none", None, True, text[max(start, q - 8) : kw_end].strip())  # "D, B is correct"
     return Extraction(letter, "answer_phrase", (s, e), True)
 
 
@@ -497,9 +734,17 @@ _NEGATION_BEFORE_RE = re.compile(
     r"|rather\s+than|instead\s+of|against|without|less\s+likely|other\s+than)\b"
 )
 _NEGATION_AFTER_RE = re.compile(
-    r"\b(?:not|unlikely|incorrect|wrong|excluded|ruled\s+out|less\s+likely|inconsistent)\b"
+    r"\b(?:not|unlikely|incorrect|wrong|excluded|ruled\s+out|less\s+likely|inconsistent|contraindicated)\b"
 )
 _SENTENCE_BREAK_RE = re.compile(r"[.!?;\n](?!\d)")
+# An option written after its own label at the start of a line ("A. Tumor"), in a
+# paragraph of several lines, is the reply listing the options, not naming its answer.
+_LABEL_ONLY_RE = re.compile(r"[ \t]*[(\[]?[a-z][)\].:][ \t]*")
+
+
+def _listed(lower: str, q: int, start: int) -> bool:
+    line = max(lower.rfind("\n", start, q) + 1, start)
+    return _LABEL_ONLY_RE.fullmatch(lower, line, q) is not None
 
 
 def _negated(lower: str, s: int, e: int, lo: int) -> bool:
@@ -523,13 +768,15 @@ def _find_option_text(lower: str, start: int, opts: _Options) -> Extraction | No
         end -= 1
     para = lower.rfind("\n\n", start, end)
     lo = para + 2 if para >= 0 else start
+    multiline = "\n" in lower[lo:end]
     occurrences: list[tuple[int, int, int]] = []
     for i, o in enumerate(opts.lowered):
         n = len(o)
         q = lower.find(o, lo, end)
         while q >= 0:
             e = q + n
-            if (q == 0 or not lower[q - 1].isalnum()) and (e >= len(lower) or not lower[e].isalnum()):
+            if ((q == 0 or not lower[q - 1].isalnum()) and (e >= len(lower) or not lower[e].isalnum())
+                    and not (multiline and _listed(lower, q, start))):
                 occurrences.append((q, e, i))
             q = lower.find(o, q + 1, end)
     if not occurrences:
@@ -560,19 +807,35 @@ def _extract(text: str | None, opts: _Options | None) -> Extraction:
     if text.rfind(_THINK_OPEN) > close:
         return _UNTERMINATED
     start = close + len(_THINK_CLOSE) if close >= 0 else 0
+    lower = _lower_same_length(text)
+    cut = _continuation_start(lower, start)
+    if cut < len(text):
+        # Offsets stay valid: only the tail (the invented continuation) is dropped.
+        text, lower = text[:cut], lower[:cut]
     span = _find_boxed(text, start)
     if span is not None:
         return _judge_content(text, span[0], span[1], "boxed", opts)
-    span = _find_tag(text, start)
+    span = _find_tag(lower, start)
     if span is not None:
-        return _judge_content(text, span[0], span[1], "answer_tag", opts)
-    lower = _lower_same_length(text)
-    res = _find_phrase(text, lower, start, opts)
+        return _judge_content(text, span[0], span[1], "answer_tag", opts, strict=True)
+    res = _find_json(text, lower, start, opts)
     if res is not None:
         return res
-    if opts is not None and _letter_contradicts_text(text, start, opts):
+    res = _find_phrase(text, lower, start, opts)
+    if opts is None:
+        return res if res is not None else _bare(text, start, opts)
+    lead = _find_lead(text, lower, start, opts)
+    if res is not None:
+        if (res.answer is not None and not lead.single and lead.answer is not None
+                and lead.answer.answer not in (None, res.answer)):
+            # "A" on the first line, "the correct answer is C" later: two answers, none.
+            return Extraction(None, "none", None, True, f"{lead.answer.answer} ... {res.answer}")
+        return res
+    if lead.answer is not None and not lead.single:
+        return lead.answer
+    if _letter_contradicts_text(text, start, opts):
         return Extraction(None, "none", None, True, text[start:].strip())
-    if opts is not None and opts.searchable:
+    if opts.searchable and not lead.walkthrough:
         res = _find_option_text(lower, start, opts)
         if res is not None:
             return res
@@ -594,8 +857,7 @@ def _letter_contradicts_text(text: str, start: int, opts: _Options) -> bool:
     m = _BARE_MC_RE.match(text[s:e])
     if m is None or m.group(2) is None or m.group(1).upper() not in opts.letters:
         return False
-    named = opts.by_norm.get(normalize_open(m.group(2)))
-    return named is not None and named != m.group(1).upper()
+    return _text_agreement(m.group(2), m.group(1).upper(), opts) == "other"
 
 
 def _bare(text: str, start: int, opts: _Options | None) -> Extraction:
@@ -614,6 +876,9 @@ def _bare(text: str, start: int, opts: _Options | None) -> Extraction:
             return _NONE
         norm = normalize_open(reply)
         return Extraction(norm, "bare", (s, e), True) if norm else _NONE
+    by_text = opts.by_norm.get(normalize_open(reply))
+    if by_text:
+        return Extraction(by_text, "bare", (s, e), True)  # the reply is one option's text
     m = _BARE_MC_RE.match(reply)
     if m is None:
         return _NONE
@@ -637,7 +902,7 @@ def _grade_open(answer: str, gold_norm: str) -> bool:
     if pred == gold_norm:
         return True
     if gold_norm in _YES_NO:
-        return _yes_no_reading(pred) == gold_norm
+        return yes_no_reading(pred) == gold_norm
     return False
 
 

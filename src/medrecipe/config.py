@@ -202,6 +202,9 @@ class PassRateFilter(_Model):
     teacher: str | None = None  # None: all teachers pooled
     min_correct: int = Field(default=2, ge=0)
     max_correct: int = Field(default=14, ge=0)
+    # Valid samples (graded, terminated, no failed request) a question needs before it is
+    # judged easy or hard; None: every sample generated for it.
+    min_valid: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _range(self) -> PassRateFilter:

@@ -6,9 +6,13 @@ Order of operations (every step is deterministic for a given `SelectConfig.seed`
    ``correct is True``. Unparsed or ungradable responses (``correct is None``) and
    failed requests are never kept. Unterminated traces (a thinking block that never
    closed) are never kept either, whatever the verdict says.
-2. Pass-rate filter (optional): per question, count the correct samples of the chosen
-   teacher (or of all teachers pooled) and keep the question only when
-   ``min_correct <= count <= max_correct``.
+2. Pass-rate filter (optional): per question, over the samples of the chosen teacher (or
+   of all teachers pooled), count the *valid* ones (graded, terminated, not a failed
+   request) and the correct ones. A question with fewer than ``min_valid`` valid samples
+   (default: all of its ``n`` samples) cannot be judged and is dropped
+   (``pass_rate_too_few_valid``); otherwise its pass rate is ``correct / valid`` and it is
+   kept when ``min_correct / n <= rate <= max_correct / n``. With every sample valid this
+   is ``min_correct <= correct <= max_correct``; failed requests no longer count as wrong.
 3. Difficulty filter (optional): keep questions whose judge rating (1..10, given by the
    caller as ``{item_id: rating}``) lies in ``[min_rating, max_rating]``; questions with
    no rating are dropped and counted as ``unrated``.
@@ -102,6 +106,7 @@ COUNTERS = (
     "unterminated",  # verdicts with terminated False
     "correct",  # correct and terminated: candidates
     "filtered_pass_rate",
+    "pass_rate_too_few_valid",
     "filtered_difficulty",
     "empty_reasoning",
     "capped",
@@ -370,6 +375,7 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
                                         "correct")}
     candidates: dict[str, list[int]] = defaultdict(list)  # item_id -> verdict row indices
     correct_by_teacher: dict[str, Counter] = defaultdict(Counter)  # item -> teacher -> n correct
+    valid_by_teacher: dict[str, Counter] = defaultdict(Counter)  # item -> teacher -> n valid
     missing_item = missing_gen = 0
     for i in range(verdicts.num_rows):
         item_id = v["item_id"][i]
@@ -381,6 +387,8 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
             bump("graded", s, t)
         if terminated is False:
             bump("unterminated", s, t)
+        if correct is not None and terminated is not False:
+            valid_by_teacher[item_id][t] += 1
         if correct is True and terminated is not False:
             correct_by_teacher[item_id][t] += 1
             if item_id not in item_rows:
@@ -405,10 +413,23 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
     # -- pass-rate filter (counts every correct sample, before any cap)
     if config.pass_rate is not None:
         pr = config.pass_rate
+        generated_by_teacher: dict[str, Counter] = defaultdict(Counter)
+        for i in range(len(g_keys)):
+            generated_by_teacher[g_item[i]][g_teacher[i] or ""] += 1
+
+        def count(table: dict[str, Counter], item_id: str) -> int:
+            c = table.get(item_id, Counter())
+            return c.get(pr.teacher, 0) if pr.teacher is not None else sum(c.values())
+
         for item_id in list(candidates):
-            counts = correct_by_teacher.get(item_id, Counter())
-            n = counts.get(pr.teacher, 0) if pr.teacher is not None else sum(counts.values())
-            if not (pr.min_correct <= n <= pr.max_correct):
+            correct, valid = count(correct_by_teacher, item_id), count(valid_by_teacher, item_id)
+            n = max(count(generated_by_teacher, item_id), valid)
+            if valid < (pr.min_valid if pr.min_valid is not None else n):
+                drop(item_id, candidates.pop(item_id), "pass_rate_too_few_valid")
+                q_stats[src_of(item_id, None)]["pass_rate_too_few_valid"] += 1
+                continue
+            # Compare correct/valid with the thresholds as rates of n (cross-multiplied: exact).
+            if not (pr.min_correct * valid <= correct * n <= pr.max_correct * valid):
                 drop(item_id, candidates.pop(item_id), "filtered_pass_rate")
                 q_stats[src_of(item_id, None)]["filtered_pass_rate"] += 1
 

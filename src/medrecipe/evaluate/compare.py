@@ -91,6 +91,7 @@ def comparison_data(run_dirs: list[str | Path]) -> dict[str, Any]:
                     "parse_failure_rate", "unterminated_rate", "forced_end_rate",
                     "mean_thinking_tokens", "mean_answer_tokens", "mean_completion_tokens",
                     "macro_f1", "balanced_accuracy")}
+                cells[n]["n_seeds"] = len(b.get("accuracy_by_seed") or {}) or None
             cat_avg[cat] = {"accuracy": sum(accs) / len(accs) if accs else None,
                             "partial": len(accs) < len(names)}
         models.append({"label": label, "run_dir": str(d), "model": r.get("model"),
@@ -110,7 +111,15 @@ def _cell(b: dict[str, Any] | None) -> str:
     if not b or b.get("accuracy") is None:
         return "–"
     std = b.get("accuracy_std")
-    return _pct(b["accuracy"]) + (f" ± {100 * std:.1f}" if std else "")
+    # A std of exactly 0 over several seeds (identical results) is printed as 0.0; one seed
+    # has no spread to show.
+    several = b.get("n_seeds") != 1
+    return _pct(b["accuracy"]) + (f" ± {100 * std:.1f}" if std is not None and several else "")
+
+
+def _complete_accuracy(c: dict[str, Any]) -> float | None:
+    """A category average that may be bolded: partial (†) averages never compete."""
+    return None if c.get("partial") else c.get("accuracy")
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -126,8 +135,11 @@ def render_markdown(data: dict[str, Any]) -> str:
         keys.append(("cat", col["category"]))
     best = {}
     for kind, name in keys:
-        src = "benchmarks" if kind == "bench" else "categories"
-        best[(kind, name)] = _best([(m[src].get(name) or {}).get("accuracy") for m in data["models"]])
+        if kind == "bench":
+            best[(kind, name)] = _best([(m["benchmarks"].get(name) or {}).get("accuracy")
+                                        for m in data["models"]])
+        else:
+            best[(kind, name)] = _best([_complete_accuracy(m["categories"][name]) for m in data["models"]])
     lines = ["## Accuracy (%) — mean ± std over seeds", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     partial = False
@@ -140,8 +152,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                 acc = b.get("accuracy") if b else None
             else:
                 c = m["categories"][name]
-                acc = c["accuracy"]
-                text = _pct(acc) + (" †" if c["partial"] and acc is not None else "")
+                text = _pct(c["accuracy"]) + (" †" if c["partial"] and c["accuracy"] is not None else "")
+                acc = _complete_accuracy(c)
                 partial |= bool(c["partial"])
             if acc is not None and acc == best[(kind, name)] and len(data["models"]) > 1:
                 text = f"**{text}**"
@@ -198,9 +210,10 @@ def render_html(data: dict[str, Any], plots: tuple[str, str]) -> str:
                 strong = acc is not None and acc == best and len(data["models"]) > 1
                 cells.append(f"<td{title}>{'<b>' + text + '</b>' if strong else text}</td>")
             c = m["categories"][col["category"]]
-            best = _best([o["categories"][col["category"]]["accuracy"] for o in data["models"]])
+            best = _best([_complete_accuracy(o["categories"][col["category"]]) for o in data["models"]])
             text = _pct(c["accuracy"]) + (" †" if c["partial"] and c["accuracy"] is not None else "")
-            strong = c["accuracy"] is not None and c["accuracy"] == best and len(data["models"]) > 1
+            acc = _complete_accuracy(c)
+            strong = acc is not None and acc == best and len(data["models"]) > 1
             cells.append(f'<td class="avg">{"<b>" + text + "</b>" if strong else text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

@@ -28,6 +28,14 @@ from medrecipe.config import (
 )
 from medrecipe.evaluate.registry import BENCHMARKS, CATEGORIES
 
+SEED_STRIDE = 100_000
+
+
+def endpoint_seed(seed: int, sample: int) -> int:
+    """Seed sent to the endpoint for sample `sample` of seed `seed` (configs that would
+    send two samples with one seed are rejected when validated)."""
+    return seed + SEED_STRIDE * sample
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -143,7 +151,14 @@ class EvalConfig(_Model):
     sampling: EvalSampling = Field(default_factory=EvalSampling)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     samples_per_seed: int = Field(default=1, ge=1)  # extra samples per seed, for voting
-    vote_k: int | None = Field(default=None, ge=1)  # samples per item in the vote (None: all)
+    vote_k: int | None = Field(default=None, ge=1)  # older name of vote_samples
+    # Samples per item in the majority vote (None: all), drawn evenly across seeds: sample 0
+    # of every seed, then sample 1 of every seed, ...; results name the samples used.
+    vote_samples: int | None = Field(default=None, ge=1)
+    # Samples with no answer: "count" votes them as one "[invalid]" answer (as
+    # lm-evaluation-harness does: a vote most samples fail to answer is wrong); "drop"
+    # leaves them out of the vote.
+    vote_invalid: Literal["count", "drop"] = "count"
     pass_k: list[int] = Field(default_factory=lambda: [1])
     forced_end: ForcedEndConfig = Field(default_factory=ForcedEndConfig)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
@@ -172,9 +187,28 @@ class EvalConfig(_Model):
         for k in self.pass_k:
             if not 1 <= k <= total:
                 raise ValueError(f"pass_k {k} needs 1 <= k <= seeds x samples_per_seed = {total}")
-        if self.vote_k is not None and self.vote_k > total:
-            raise ValueError(f"vote_k {self.vote_k} is more than the {total} samples per item")
+        if self.vote_k is not None and self.vote_samples is not None and self.vote_k != self.vote_samples:
+            raise ValueError("vote_k is the older name of vote_samples; set only vote_samples")
+        n_vote = self.vote_size
+        if n_vote is not None and n_vote > total:
+            raise ValueError(f"vote_samples {n_vote} is more than the {total} samples per item")
+        seen: dict[int, tuple[int, int]] = {}
+        for seed in self.seeds:
+            for j in range(self.samples_per_seed):
+                es = endpoint_seed(seed, j)
+                if es in seen:
+                    s0, j0 = seen[es]
+                    raise ValueError(
+                        f"seed {seed} sample {j} and seed {s0} sample {j0} would both be sent "
+                        f"with endpoint seed {es} (sample j of seed s uses s + {SEED_STRIDE} * j); "
+                        "choose seeds that differ by less than that stride")
+                seen[es] = (seed, j)
         return self
+
+    @property
+    def vote_size(self) -> int | None:
+        """Samples per item in the majority vote (None: all)."""
+        return self.vote_samples if self.vote_samples is not None else self.vote_k
 
     @property
     def display_name(self) -> str:
@@ -206,6 +240,6 @@ def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> Ev
     return cfg
 
 
-__all__ = ["BenchmarkSpec", "ResolvedBenchmark", "EvalSampling", "ForcedEndConfig",
+__all__ = ["SEED_STRIDE", "endpoint_seed", "BenchmarkSpec", "ResolvedBenchmark", "EvalSampling", "ForcedEndConfig",
            "BootstrapConfig", "EvalConfig", "CATEGORIES", "eval_config_from_data",
            "load_eval_config"]

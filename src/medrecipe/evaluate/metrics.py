@@ -10,9 +10,15 @@ Conventions used everywhere in this module:
 - Accuracy of one seed is the mean over items of the item's mean correctness among that
   seed's samples. Accuracy over seeds is reported as mean and sample standard deviation
   (n - 1 in the denominator; 0.0 for a single seed).
-- Majority vote ignores abstentions (answer None). Ties are broken in favour of the tied
-  answer whose first vote came earliest in sample order (seed, then sample index), so the
-  result never depends on hashing or on the order of a dictionary.
+- Majority vote runs over ``vote_samples`` samples per item drawn evenly across seeds
+  (sample 0 of each seed in seed order, then sample 1 of each seed, ...), so one seed's
+  samples never fill the vote. Answers vote by graded equivalence class: option letters
+  as they are, open answers by their normalised form with yes/no replies read as yes/no
+  ("no fracture" and "no" are one vote). Samples with no answer are one ``[invalid]``
+  vote each by default (as in lm-evaluation-harness; an item that most samples fail to
+  answer is wrong), or are left out with ``invalid="drop"``. Ties are broken in favour
+  of the tied answer whose first vote came earliest in the draw order, so the result
+  never depends on hashing or on the order of a dictionary.
 - A benchmark with no items yields ``None`` for every rate and is left out of category
   averages.
 """
@@ -118,22 +124,57 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
     raise AssertionError("unreachable")
 
 
-def majority_vote_accuracy(samples: Iterable[Sample], k: int | None = None) -> float | None:
-    """Accuracy of the per-item majority vote over the first k samples (all when k is None).
+INVALID_VOTE = "[invalid]"
 
-    The vote is graded with the verdict already given to a sample carrying the same
-    extracted answer, so voting never re-grades; an item whose samples all abstain is wrong.
+
+def vote_class(answer: str | None) -> str | None:
+    """The equivalence class an answer votes for: a letter, or a normalised open answer."""
+    from medrecipe.answers import normalize_open, yes_no_reading
+
+    if answer is None:
+        return None
+    a = answer.strip()
+    if len(a) == 1 and a.isalpha():
+        return a.upper()
+    norm = normalize_open(a)
+    return yes_no_reading(norm) or norm
+
+
+def vote_draw(group: Sequence[Sample], k: int | None) -> list[Sample]:
+    """k samples of one item taken evenly across seeds (round robin over seeds by sample index)."""
+    by_seed: dict[int, list[Sample]] = defaultdict(list)
+    for s in sorted(group, key=_order_key):
+        by_seed[int(s.get("seed") or 0)].append(s)
+    order: list[Sample] = []
+    depth = max((len(v) for v in by_seed.values()), default=0)
+    for j in range(depth):
+        order.extend(v[j] for _, v in sorted(by_seed.items()) if j < len(v))
+    return order if k is None else order[:k]
+
+
+def majority_vote_accuracy(samples: Iterable[Sample], k: int | None = None,
+                           invalid: str = "count") -> float | None:
+    """Accuracy of the per-item majority vote over k samples drawn evenly across seeds.
+
+    The vote is graded with the verdict already given to a sample in the winning class, so
+    voting never re-grades; an item whose vote is won by [invalid] (or whose samples all
+    abstain) is wrong.
     """
+    if invalid not in ("count", "drop"):
+        raise ValueError(f"invalid must be 'count' or 'drop', not {invalid!r}")
     groups = _by_item(samples)
     if not groups:
         return None
     right = 0
     for g in groups.values():
-        votes = g if k is None else g[:k]
-        winner = majority_vote([s.get("answer") for s in votes])
-        if winner is None:
+        votes = vote_draw(g, k)
+        classes = [vote_class(s.get("answer")) for s in votes]
+        if invalid == "count":
+            classes = [INVALID_VOTE if c is None else c for c in classes]
+        winner = majority_vote(classes)
+        if winner is None or winner == INVALID_VOTE:
             continue
-        right += any(s.get("answer") == winner and s.get("correct") is True for s in votes)
+        right += any(c == winner and s.get("correct") is True for c, s in zip(classes, votes, strict=True))
     return right / len(groups)
 
 
@@ -263,6 +304,7 @@ def _mean(values: Iterable[float | int | None]) -> float | None:
 
 def benchmark_summary(samples: Sequence[Sample], *, classification: bool = False,
                       pass_ks: Sequence[int] = (1,), vote_k: int | None = None,
+                      vote_invalid: str = "count",
                       bootstrap_resamples: int = 10_000, bootstrap_seed: int = 0,
                       level: float = 0.95) -> dict[str, Any]:
     """Every metric of one benchmark from its graded samples (see module docstring)."""
@@ -282,8 +324,13 @@ def benchmark_summary(samples: Sequence[Sample], *, classification: bool = False
         "ci_low": lo,
         "ci_high": hi,
         "ci_level": level,
-        "majority_vote": majority_vote_accuracy(samples, vote_k),
+        "majority_vote": majority_vote_accuracy(samples, vote_k, vote_invalid),
         "vote_k": vote_k if vote_k is not None else (max(n_per_item) if n_per_item else None),
+        "vote_samples": vote_k if vote_k is not None else (max(n_per_item) if n_per_item else None),
+        "vote_invalid": vote_invalid,
+        # Which samples voted (the same draw for every item): "seed/sample" in draw order.
+        "vote_draw": [f"{s.get('seed')}/{s.get('sample')}"
+                      for s in vote_draw(next(iter(groups.values())), vote_k)] if groups else [],
         "pass_at_k": {str(k): mean_pass_at_k(samples, k) for k in pass_ks},
         "parse_failure_rate": rate(s.get("answer") is None for s in samples),
         "unterminated_rate": rate(s.get("terminated") is False for s in samples),

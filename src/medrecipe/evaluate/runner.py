@@ -13,7 +13,9 @@ Layout of an evaluation run directory::
 
 Seeds and samples. Each seed is one full pass over a benchmark. ``samples_per_seed`` adds
 further samples per seed for voting; sample ``j`` of seed ``s`` is sent to the endpoint
-with seed ``s + SEED_STRIDE * j`` so that no two samples share an endpoint seed. Every
+with seed ``s + SEED_STRIDE * j``; a recipe whose seeds would give two samples the same
+endpoint seed (seeds [0, 100000] with two samples each) is rejected when it is validated,
+so no two samples ever share one generation. Every
 sample is its own cached request whose key covers the model, the sampling settings
 (temperature, top-p, max tokens, extra body) and that endpoint seed, so an interrupted
 evaluation re-sends only unfinished samples and a changed setting never reuses answers.
@@ -27,7 +29,13 @@ assistant message in place instead of starting a new turn and returns only the n
 tokens; the transformers_local backend does the same only if it hands those two flags to
 the chat template (``apply_chat_template(continue_final_message=True)``), otherwise its
 continuation starts a fresh assistant turn after the prefix. The sample's text becomes truncated text + closing tag + cue + continuation, and
-its ``forced_end`` flag is set.
+its ``forced_end`` flag is set. A reply cut by the length limit counts as cut inside its
+thinking whenever no closing tag follows, also when the chat template opened the block in
+the prompt (the reply then holds no opening tag). Without forcing (or when the
+continuation fails) such a sample is unterminated and has no answer, whatever its text
+seems to say. Token counts of a forced sample are exact: thinking tokens are the first
+request's completion tokens, answer tokens the continuation's; the closing tag and cue
+are ours and counted apart (``cue_tokens``, with a local tokenizer).
 """
 
 from __future__ import annotations
@@ -45,7 +53,13 @@ from typing import Any
 import medrecipe
 from medrecipe.config import SamplingConfig
 from medrecipe.errors import UserError
-from medrecipe.evaluate.config import EvalConfig, ForcedEndConfig, ResolvedBenchmark
+from medrecipe.evaluate.config import (
+    SEED_STRIDE,
+    EvalConfig,
+    ForcedEndConfig,
+    ResolvedBenchmark,
+    endpoint_seed,
+)
 from medrecipe.evaluate.metrics import benchmark_summary, category_averages
 from medrecipe.schema import (
     GENERATION_SCHEMA,
@@ -62,7 +76,6 @@ from medrecipe.schema import (
 )
 from medrecipe.store import Run, atomic_write_text
 
-SEED_STRIDE = 100_000
 TEACHER = "model_under_test"
 RESULTS = "results.json"
 SAMPLES = "samples.jsonl"
@@ -91,11 +104,6 @@ class EvalResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def endpoint_seed(seed: int, sample: int) -> int:
-    """Seed sent to the endpoint for sample `sample` of seed `seed`."""
-    return seed + SEED_STRIDE * sample
-
-
 def split_thinking(text: str | None, open_tag: str = "<think>",
                    close_tag: str = "</think>") -> tuple[str, str]:
     """(thinking, answer) parts of a response; an unclosed block is all thinking."""
@@ -117,8 +125,10 @@ def needs_forced_end(gen: Generation, fe: ForcedEndConfig) -> bool:
         # The endpoint split the thinking into its own field and the engine joined it back
         # with a closing tag; cut off while thinking means no content came after it.
         return not gen.text.split(fe.close_tag, 1)[-1].strip()
+    # Cut by the length limit without a closed thinking block: unfinished, whether the
+    # block was opened in the reply or by the chat template in the prompt.
     if fe.open_tag not in gen.text:
-        return False
+        return fe.close_tag not in gen.text
     return fe.close_tag not in gen.text.split(fe.open_tag, 1)[1]
 
 
@@ -338,6 +348,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             continue
         text, completion_tokens, was_forced, error = g.text, g.completion_tokens, False, g.error
         finish = g.finish_reason
+        cont = None
         if key in forced:
             prefix, c = forced[key]
             was_forced = True
@@ -345,18 +356,29 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
                 error = f"forced end: {c.error}"
                 text = truncated_thinking(g, fe)
             else:
+                cont = c
                 text = prefix + (c.text or "")
                 completion_tokens += c.completion_tokens
-        if text is not None:
+        if text is not None and needs_forced_end(g, fe) and cont is None:
+            # Cut off while thinking and not (successfully) forced: unfinished, no answer,
+            # whatever the reply's text seems to say.
+            answer, method, span, terminated, correct = None, "none", None, False, None
+        elif text is not None:
             ext = extract(text, options=item.options or None)
             correct = grade(ext, item)
             answer, method, span, terminated = ext.answer, ext.method, ext.span, ext.terminated
-            if g.reasoning is not None and needs_forced_end(g, fe) and not was_forced:
-                terminated = False  # the joined closing tag was not the model's
         else:
             answer, method, span, terminated, correct = None, "none", None, True, None
-        thinking, answer_part = split_thinking(text, fe.open_tag, fe.close_tag)
-        t_tok, a_tok = counter.count(thinking, answer_part, completion_tokens)
+        cue_tokens = None
+        if cont is not None:
+            # The model wrote the thinking (first request) and the continuation (second);
+            # the cue between them is ours and counts as neither.
+            t_tok, a_tok = g.completion_tokens, cont.completion_tokens
+            if counter.tokenizer is not None:
+                cue_tokens = len(counter.tokenizer.encode(fe.close_tag + fe.cue, add_special_tokens=False))
+        else:
+            thinking, answer_part = split_thinking(text, fe.open_tag, fe.close_tag)
+            t_tok, a_tok = counter.count(thinking, answer_part, completion_tokens)
         final = g.model_copy(update={"text": text, "forced_end": was_forced, "error": error,
                                      "item_id": item_id, "source": bench_name, "seed": es,
                                      "finish_reason": finish,
@@ -375,7 +397,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             "method": method, "correct": correct, "terminated": terminated,
             "forced_end": was_forced, "finish_reason": finish, "error": error,
             "prompt_tokens": g.prompt_tokens, "completion_tokens": completion_tokens,
-            "thinking_tokens": t_tok, "answer_tokens": a_tok, "latency_s": g.latency_s,
+            "thinking_tokens": t_tok, "answer_tokens": a_tok, "cue_tokens": cue_tokens,
+            "latency_s": g.latency_s,
             "cost_usd": g.cost_usd, "text": text,
         })
 
@@ -385,7 +408,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
         rows = [s for s in samples if s["benchmark"] == bench.name]
         summary = benchmark_summary(
             rows, classification=bench.classification, pass_ks=config.pass_k,
-            vote_k=config.vote_k, bootstrap_resamples=config.bootstrap.resamples,
+            vote_k=config.vote_size, vote_invalid=config.vote_invalid,
+            bootstrap_resamples=config.bootstrap.resamples,
             bootstrap_seed=config.bootstrap.seed, level=config.bootstrap.level)
         summary.update({"title": bench.title, "category": bench.category,
                         "classification": bench.classification})

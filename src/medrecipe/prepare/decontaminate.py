@@ -551,6 +551,32 @@ class NgramIndex:
                 evidence[row] = b.words_of(int(grams[i]), self.n)
 
 
+def find_exact_short(train_texts: Texts, bench_texts: Mapping[str, Texts], n: int = 16) -> Overlaps:
+    """Per training row: which benchmarks hold the very same text, for texts under n words.
+
+    The n-gram check cannot see a text shorter than n words, so a verbatim copy of a short
+    question would pass it; this check compares such texts whole, after the same
+    normalisation (``normalize_text``). None and empty texts never match.
+    """
+    names = [str(b) for b in bench_texts]
+    index: dict[str, list[int]] = {}
+    for j, texts in enumerate(bench_texts.values()):
+        for t in normalize_texts(texts).to_pylist():
+            if t and t.count(" ") + 1 < n:
+                hits = index.setdefault(t, [])
+                if not hits or hits[-1] != j:
+                    hits.append(j)
+    train = normalize_texts(train_texts).to_pylist()
+    matches = np.zeros((len(train), len(names)), dtype=bool)
+    evidence: list[str | None] = [None] * len(train)
+    for i, t in enumerate(train):
+        hits = index.get(t) if t else None
+        if hits:
+            matches[i, hits] = True
+            evidence[i] = t
+    return Overlaps(names, matches, evidence)
+
+
 def find_overlaps(train_texts: Texts | Sequence[Sequence[str]],
                   bench_texts: Mapping[str, Sequence] | Sequence, n: int = 16,
                   batch_size: int = 2048) -> Overlaps:

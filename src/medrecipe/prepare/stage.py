@@ -10,7 +10,12 @@ Input and output item tables are ITEM_SCHEMA. In order:
    them and quotes one shared n-gram). Texts are compared as the question followed by its
    options; the stem's n-grams are a prefix of those, so both the stem and the question
    with its options are checked. ``against`` names the benchmark sources; left empty, every
-   benchmark source of the recipe is used.
+   benchmark source of the recipe is used. A text-only question (no images) whose question
+   and options together are shorter than n words has no n-gram, so it is compared whole
+   instead: the same normalised text as a text-only benchmark question removes it, reason
+   ``benchmark_exact:<benchmark>`` (flag column ``exact:<benchmark>``). Items with images are
+   left to the image checks, since template questions ("What tissue is shown?") repeat
+   across images by design.
 2. **Benchmark images** (`dedup_images`): a training item with an image whose bytes equal a
    benchmark image is removed (``image_in_benchmark``). With ``near_duplicates``, images
    within ``hamming_threshold`` dHash bits are flagged and reported; with
@@ -45,7 +50,7 @@ import pyarrow.compute as pc
 from medrecipe.config import PrepareConfig
 from medrecipe.images import ImageStore
 from medrecipe.prepare.balance import balance
-from medrecipe.prepare.decontaminate import find_overlaps, normalize_texts
+from medrecipe.prepare.decontaminate import find_exact_short, find_overlaps, normalize_texts
 from medrecipe.prepare.dedup import base_sha, exact_matches, near_matches
 from medrecipe.prepare.resize import resize_all
 from medrecipe.schema import QuarantineRow, raw_json
@@ -136,9 +141,29 @@ def prepare(train: pa.Table, bench: pa.Table, config: PrepareConfig,
             names = ov.benchmarks_of(int(i))
             remove(int(i), f"contaminated:{names[0]}",
                    f"shares a {dc.n}-word sequence with {', '.join(names)}: \"{ov.evidence[i]}\"")
+        # Short text-only questions: exact match on the normalised question + options.
+        def text_only(table: pa.Table) -> np.ndarray:
+            return (pc.fill_null(pc.list_value_length(table.column("images")), 0)
+                    .to_numpy(zero_copy_only=False) == 0)
+
+        bench_text_only = text_only(bench) if bench.num_rows else np.zeros(0, bool)
+        per_bench_short = {b: [t for t, s, k in zip(texts, bench_sources, bench_text_only, strict=True)
+                               if s == b and k] for b in against}
+        train_texts = question_texts(train).to_pylist()
+        train_text_only = text_only(train)
+        ex = find_exact_short([t if k else None for t, k in zip(train_texts, train_text_only, strict=True)],
+                              per_bench_short, n=dc.n)
+        for j, b in enumerate(ex.benchmarks):
+            flag_cols[f"exact:{b}"] = ex.matches[:, j]
+        for i in np.flatnonzero(ex.flags):
+            names = ex.benchmarks_of(int(i))
+            remove(int(i), f"benchmark_exact:{names[0]}",
+                   f"same text as a question of {', '.join(names)} (under {dc.n} words): \"{ex.evidence[i]}\"")
         details["decontaminate"] = {"against": against, "n": dc.n,
                                     "flagged": {b: int(ov.matches[:, j].sum())
-                                                for j, b in enumerate(ov.benchmarks)}}
+                                                for j, b in enumerate(ov.benchmarks)},
+                                    "exact_short": {b: int(ex.matches[:, j].sum())
+                                                    for j, b in enumerate(ex.benchmarks)}}
 
     # 2. Training images that are benchmark images.
     dd = config.dedup_images

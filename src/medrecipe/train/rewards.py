@@ -9,9 +9,14 @@ Format, scored on the completion text:
   closing tag without an earlier opening one (``unclosed``), and an answer block that
   starts before the thinking block (``answer_first``). The total is floored at ``floor``.
 
-Correctness uses the recipe's own extractor and grader (``medrecipe.answers.extract`` and
-``grade``): 1.0 when the grader says correct, else 0.0 -- no partial credit, and an answer
-found inside a thinking block that never closed earns nothing.
+Correctness reads the answer block and gives credit only when there is no doubt: 1.0 when
+the completion's thinking closed, it has exactly one ``<answer>...</answer>`` after it,
+the block's content is read by the recipe's extractor (``medrecipe.answers.extract``, so
+a letter with the text of another option, "B: Tumor" when B is Stroma, is no answer),
+no other final answer sits beside the block (a ``\boxed{}`` outside it that says something
+else), and the answer equals the gold exactly: the same option letter, or the same
+normalised open answer ("not sure" is not "no", "no fracture" is not "no"). Anything else
+is 0.0: no partial credit, no fallback to reading the reasoning.
 """
 
 from __future__ import annotations
@@ -96,16 +101,36 @@ def format_score(text: str, think_in_prompt: bool = False) -> float:
     return check_format(text, think_in_prompt=think_in_prompt).score
 
 
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+
+
 def correctness_score(text: str, item: Any, think_in_prompt: bool = False) -> float:
-    """1.0 when the recipe's extractor + grader say the completion's answer is right, else 0.0."""
-    from medrecipe.answers import extract, grade
+    """1.0 when the completion's answer block holds exactly the gold answer (see module doc), else 0.0."""
+    from medrecipe.answers import extract, normalize_open
 
     if think_in_prompt and not text.lstrip().startswith(THINK_OPEN):
         text = THINK_OPEN + text
-    extraction = extract(text, options=list(item.options) or None)
-    if not extraction.terminated:
+    options = list(item.options) or None
+    if not extract(text, options).terminated:
         return 0.0
-    return 1.0 if grade(extraction, item) is True else 0.0
+    after = text[text.rfind(THINK_CLOSE) + len(THINK_CLOSE):] if THINK_CLOSE in text else text
+    blocks = list(_ANSWER_BLOCK.finditer(after))
+    if len(blocks) != 1:
+        return 0.0  # no answer block, or several: which one counts is in doubt
+    ex = extract(blocks[0].group(1), options)
+    if ex.answer is None:
+        return 0.0
+    outside = after[: blocks[0].start()] + after[blocks[0].end():]
+    if outside.strip():
+        other = extract(outside, options)
+        if other.answer != ex.answer and (other.answer is not None or "\\boxed" in outside):
+            return 0.0  # \boxed{B} beside <answer>C</answer>: two final answers
+    gold = str(item.answer or "").strip()
+    if not gold:
+        return 0.0
+    if options:
+        return 1.0 if ex.answer == gold.upper() else 0.0
+    return 1.0 if normalize_open(ex.answer) == normalize_open(gold) else 0.0
 
 
 # --------------------------------------------------------------------------- TRL adapters

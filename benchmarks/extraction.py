@@ -1,0 +1,141 @@
+"""Answer extraction on real model outputs: how often the extractor reads the letter a reply commits to.
+
+Reads tests/fixtures/extraction_devset.jsonl (real outputs of public models on medical
+multiple-choice questions, each labelled by hand with the option it commits to, or none;
+see tests/fixtures/EXTRACTION_DEVSET.md) and scores `medrecipe.answers.extract` on it.
+For each part of the set (dev, held-out, all) it prints four figures:
+
+- read exactly: the extractor's answer equals the label (a letter, or no answer for a
+  reply that commits to none), as a percentage;
+- invented: replies labelled "none" that got an answer;
+- missed: replies that commit to a letter and got no answer;
+- wrong letter: replies that commit to a letter and got another one.
+
+As a baseline in the same process it scores the extractor as it was before the
+real-output work (commit BASELINE_COMMIT of answers.py, loaded from git as a module of
+its own), so the two columns are comparable row for row. Without git history the
+baseline is skipped.
+
+    python benchmarks/extraction.py
+    python benchmarks/extraction.py --show missed   # list the rows in one category
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from medrecipe.answers import extract
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVSET = ROOT / "tests" / "fixtures" / "extraction_devset.jsonl"
+BASELINE_COMMIT = "4baad2f"  # answers.py before the real-output rules (issue 11)
+CATEGORIES = ("exact", "invented", "missed", "wrong")
+
+
+def load_rows(path: Path = DEVSET) -> list[dict]:
+    """The labelled outputs, one dict per line."""
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def classify(label: str | None, answer: str | None) -> str:
+    """One of CATEGORIES for an extracted answer against the hand label."""
+    if answer == label:
+        return "exact"
+    if label is None:
+        return "invented"
+    return "missed" if answer is None else "wrong"
+
+
+def score(rows: list[dict], fn: Callable) -> tuple[Counter, list[tuple[str, str, dict, object]]]:
+    """Counts per category and (category, method, row, extraction) for every row."""
+    counts: Counter = Counter()
+    detail = []
+    for row in rows:
+        ex = fn(row["output"], row["options"])
+        cat = classify(row["label"], ex.answer)
+        counts[cat] += 1
+        counts["method:" + ex.method] += 1
+        detail.append((cat, ex.method, row, ex))
+    return counts, detail
+
+
+def load_baseline() -> Callable | None:
+    """extract() of answers.py at BASELINE_COMMIT, or None without git history."""
+    try:
+        src = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:src/medrecipe/answers.py"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    tmp = Path(tempfile.mkdtemp()) / "answers_baseline.py"
+    tmp.write_text(src, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("answers_baseline", tmp)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["answers_baseline"] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod.extract
+
+
+def _line(name: str, c: Counter, n: int) -> str:
+    exact = 100.0 * c["exact"] / n if n else 0.0
+    return f"{name:<10} {exact:8.1f}% {c['invented']:9d} {c['missed']:7d} {c['wrong']:6d}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--devset", type=Path, default=DEVSET)
+    ap.add_argument("--show", choices=CATEGORIES[1:], help="print the rows of one category (new extractor)")
+    args = ap.parse_args()
+
+    rows = load_rows(args.devset)
+    parts = {
+        "dev": [r for r in rows if r["split"] == "dev"],
+        "held-out": [r for r in rows if r["split"] == "heldout"],
+        "all": rows,
+    }
+    committed = sum(r["label"] is not None for r in rows)
+    print(f"{len(rows)} outputs ({committed} commit to a letter, {len(rows) - committed} to none) from "
+          f"{len({r['source']['repo'] for r in rows})} repositories, {len({r['model'] for r in rows})} models")
+    baseline = load_baseline()
+    extractors = [("current", extract)]
+    if baseline is not None:
+        extractors.insert(0, (f"baseline ({BASELINE_COMMIT})", baseline))
+    else:
+        print("baseline skipped: no git history to load answers.py from")
+
+    results = {}
+    for name, fn in extractors:
+        print(f"\n{name}")
+        print(f"{'part':<10} {'read exactly':>9} {'invented':>9} {'missed':>7} {'wrong':>6}")
+        for part, prows in parts.items():
+            counts, detail = score(prows, fn)
+            results[(name, part)] = counts
+            print(_line(part, counts, len(prows)))
+        methods = {k[7:]: v for k, v in results[(name, "all")].items() if k.startswith("method:")}
+        print("methods (all): " + ", ".join(f"{m} {v}" for m, v in sorted(methods.items())))
+
+    if baseline is not None:
+        a, b = results[(extractors[0][0], "all")], results[("current", "all")]
+        print(f"\nread exactly, all: {100 * b['exact'] / len(rows):.1f}% vs {100 * a['exact'] / len(rows):.1f}% "
+              f"baseline; wrong letters {b['wrong']} vs {a['wrong']}; invented {b['invented']} vs {a['invented']}")
+
+    if args.show:
+        _, detail = score(rows, extract)
+        for cat, method, row, ex in detail:
+            if cat == args.show:
+                print(f"\n--- {row['id']} [{row['split']}] label={row['label']} got={ex.answer} ({method})")
+                print(row["output"][:600])
+
+
+if __name__ == "__main__":
+    main()
