@@ -111,3 +111,8 @@ def test_run_fails_before_any_work_when_a_key_variable_or_template_is_missing(tm
         assert "teachers.t.api_key_env" in r.stderr and "MEDRECIPE_TEST_UNSET_KEY" in r.stderr
         assert "teachers.t.template" in r.stderr
     assert not (tmp_path / "run" / "ingest").exists()  # nothing was ingested
+
+
+def test_a_usage_error_prints_usage_not_a_traceback(tmp_path):
+    r = medrecipe("validate", "a.yaml", "extra", "args")
+    assert r.returncode == 2 and "Usage:" in r.stderr and "Traceback" not in r.stderr

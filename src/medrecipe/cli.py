@@ -259,10 +259,9 @@ def main() -> None:
         sys.exit(EXIT_USER_ERROR)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors carry their own exit codes
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors carry their own exit codes
+        # typer may bundle its own copy of click, so match the exception by what it offers.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise
