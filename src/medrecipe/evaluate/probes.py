@@ -1,0 +1,131 @@
+"""Presence and correctness probes: a judge reads a candidate trace against one checklist unit.
+
+Two separate questions per unit: *presence* (does the trace engage with the unit's topic,
+whatever it concludes) and, only for units judged present, *correctness* (does it state
+the claim accurately). Each reply must be exactly ``{"answer": "yes" | "no", "reason":
+"..."}``; anything else is unparsed, counted, and never credited (an unparsed presence
+probe means not present; an unparsed correctness probe means not correct).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medrecipe.evaluate.checklist import ItemChecklist
+from medrecipe.evaluate.judging import JudgeClient, parse_json_reply, reply_text, without_images
+from medrecipe.schema import Item
+
+
+class ProbeReply(BaseModel):
+    """A probe's reply: yes or no with a short reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: Literal["yes", "no"]
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+@dataclass
+class ProbeResult:
+    """Both probes of one unit on one trace."""
+
+    axis: str
+    present: bool | None = None  # None: not parsed (or the request failed)
+    correct: bool | None = None  # None: not asked, not parsed or failed
+    presence_status: str = "ok"  # ok | unparsed | failed | no_trace
+    correctness_status: str = "not_asked"  # ok | unparsed | failed | not_asked
+    presence_reason: str | None = None
+    correctness_reason: str | None = None
+
+    def unit(self) -> tuple[str, bool, bool | None]:
+        """The (axis, present, correct) triple `score_trace` reads; unparsed is never credited."""
+        return (self.axis, self.present is True, self.correct if self.present is True else None)
+
+
+@dataclass
+class Trace:
+    """A candidate trace to judge: a routing id, its item, and its text (None: no response)."""
+
+    route: str
+    item: Item
+    text: str | None
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2  # keep the opening (findings) and the ending (conclusion)
+    return text[:half] + "\n[...]\n" + text[-half:]
+
+
+def _read(gen: Any) -> tuple[str, ProbeReply | None, str | None]:
+    text = reply_text(gen)
+    if text is None:
+        return "failed", None, None
+    parsed = parse_json_reply(text, ProbeReply)
+    if parsed is None:
+        return "unparsed", None, text[:300]
+    return "ok", parsed, parsed.reason
+
+
+def probe_traces(judge: JudgeClient, traces: Sequence[Trace],
+                 checklists: Mapping[str, ItemChecklist], *, presence_template: Any,
+                 correctness_template: Any, max_tokens: int = 256,
+                 max_trace_chars: int = 30_000, seed: int | None = None,
+                 ) -> tuple[dict[str, list[ProbeResult]], Counter]:
+    """Probe results per trace route (one per checklist unit, in checklist order) and counts."""
+    counts: Counter = Counter()
+    results: dict[str, list[ProbeResult]] = {}
+    asks: list[tuple[str, int, Item, str, Any]] = []  # (route, unit index, item, trace, unit)
+    for tr in traces:
+        cl = checklists.get(tr.item.id)
+        if cl is None:
+            continue
+        results[tr.route] = [ProbeResult(axis=u.axis) for u in cl.units]
+        if tr.text is None or not tr.text.strip():
+            counts["no_trace"] += 1
+            for r in results[tr.route]:
+                r.presence_status = "no_trace"
+            continue
+        text = _clip(tr.text, max_trace_chars)
+        counts["clipped"] += text != tr.text
+        for k, u in enumerate(cl.units):
+            asks.append((tr.route, k, tr.item, text, u))
+
+    def prompts(template: Any, todo: list[tuple[str, int, Item, str, Any]], probe: str):
+        return [(f"{route}#u{k}#{probe}",
+                 template.render(without_images(item), trace=text, axis=u.axis, topic=u.topic,
+                                 claim=u.claim))
+                for route, k, item, text, u in todo]
+
+    sampling = judge.sampling(max_tokens=max_tokens, schema=("probe", ProbeReply), seed=seed)
+    gens = judge.ask(prompts(presence_template, asks, "presence"), template=presence_template,
+                     sampling=sampling)
+    present_todo = []
+    for ask, gen in zip(asks, gens, strict=True):
+        status, reply, reason = _read(gen)
+        r = results[ask[0]][ask[1]]
+        r.presence_status, r.presence_reason = status, reason
+        counts[f"presence_{status}"] += 1
+        if reply is not None:
+            r.present = reply.answer == "yes"
+            if r.present:
+                present_todo.append(ask)
+    gens = judge.ask(prompts(correctness_template, present_todo, "correctness"),
+                     template=correctness_template, sampling=sampling)
+    for ask, gen in zip(present_todo, gens, strict=True):
+        status, reply, reason = _read(gen)
+        r = results[ask[0]][ask[1]]
+        r.correctness_status, r.correctness_reason = status, reason
+        counts[f"correctness_{status}"] += 1
+        if reply is not None:
+            r.correct = reply.answer == "yes"
+    return results, counts
+
+
+__all__ = ["ProbeReply", "ProbeResult", "Trace", "probe_traces"]
