@@ -146,16 +146,21 @@ def report(run_dir: RunArg,
 
 @app.command("eval")
 def eval_(
-    targets: Annotated[list[str], typer.Argument(help="Evaluation recipe YAML, or `compare RUN...`.")],
+    targets: Annotated[list[str], typer.Argument(
+        help="Evaluation recipe YAML, `compare RUN...`, or `pairwise RUN_A RUN_B`.")],
     override: Overrides = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (eval; default runs/eval/<name>) or "
                                                   "output folder (compare).")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    judge: Annotated[Path | None, typer.Option(
+        help="pairwise: judge model YAML (backend, model, base_url, ...); default: run A's "
+             "trace.judge.")] = None,
 ) -> None:
-    """Evaluate a model on benchmarks (RECIPE), or compare evaluation runs (compare RUN...)."""
+    """Evaluate a model on benchmarks (RECIPE), compare runs (compare RUN...), or judge two
+    runs' reasoning traces against each other (pairwise RUN_A RUN_B)."""
     from medrecipe.evaluate.commands import eval_command
 
-    eval_command(targets, override, out=out, progress=progress, console=console)
+    eval_command(targets, override, out=out, progress=progress, console=console, judge=judge)
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train a student VLM on an export (TRL SFT / "

@@ -123,6 +123,14 @@ class JudgeClient:
         return [by_key.get(k) for k in keys]
 
 
+def clip_text(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters, keeping its opening (findings) and ending (conclusion)."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n[...]\n" + text[-half:]
+
+
 def reply_text(gen: Generation | None) -> str | None:
     """The answer part of a judge generation, None when it failed or never came back."""
     if gen is None or gen.error or gen.text is None:
@@ -131,5 +139,5 @@ def reply_text(gen: Generation | None) -> str | None:
     return gen.text.rsplit("</think>", 1)[-1]
 
 
-__all__ = ["JUDGE", "JudgeClient", "JudgeTally", "json_schema_format", "parse_json_reply",
+__all__ = ["JUDGE", "JudgeClient", "JudgeTally", "clip_text", "json_schema_format", "parse_json_reply",
            "reply_text", "without_images"]

@@ -17,7 +17,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from medrecipe.evaluate.checklist import ItemChecklist
-from medrecipe.evaluate.judging import JudgeClient, parse_json_reply, reply_text, without_images
+from medrecipe.evaluate.judging import (
+    JudgeClient,
+    clip_text,
+    parse_json_reply,
+    reply_text,
+    without_images,
+)
 from medrecipe.schema import Item
 
 
@@ -56,13 +62,6 @@ class Trace:
     text: str | None
 
 
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2  # keep the opening (findings) and the ending (conclusion)
-    return text[:half] + "\n[...]\n" + text[-half:]
-
-
 def _read(gen: Any) -> tuple[str, ProbeReply | None, str | None]:
     text = reply_text(gen)
     if text is None:
@@ -92,7 +91,7 @@ def probe_traces(judge: JudgeClient, traces: Sequence[Trace],
             for r in results[tr.route]:
                 r.presence_status = "no_trace"
             continue
-        text = _clip(tr.text, max_trace_chars)
+        text = clip_text(tr.text, max_trace_chars)
         counts["clipped"] += text != tr.text
         for k, u in enumerate(cl.units):
             asks.append((tr.route, k, tr.item, text, u))

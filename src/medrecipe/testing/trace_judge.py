@@ -12,8 +12,8 @@ their answers for the right reason:
   least half for the lenient judge).
 - correctness: yes when one sentence of the trace contains all of the claim's content
   words (at least 75 % for the lenient judge).
-- pairwise: the trace holding more of the correct option's words and more distinct
-  content words wins; equal counts are a tie (or "1" with a position-biased judge).
+- pairwise: the trace whose reasoning (final \\boxed{} answer left out) holds more of the
+  correct option's words, then more distinct content words, wins; equal counts are a tie (or "1" with a position-biased judge).
 
 ``flip`` makes a judge noisy: a yes/no answer is inverted when a hash of (prompt, seed)
 falls under it, which is how repeat-judge agreement is exercised without a model.
@@ -122,7 +122,8 @@ def _pairwise(text: str, position_bias: bool) -> str:
     key = set(words(m.group(1))) if m else set()
 
     def quality(trace: str) -> tuple[int, int]:
-        ws = words(trace)
+        # the reasoning counts, not the final letter or the tags around it
+        ws = words(re.sub(r"\\boxed\{[^}]*\}|</?think>", " ", trace))
         return (sum(w in key for w in set(ws)), len(set(ws)))
 
     q1, q2 = quality(_block(text, "trace_1") or ""), quality(_block(text, "trace_2") or "")
