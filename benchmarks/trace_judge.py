@@ -330,7 +330,7 @@ def main() -> None:
         print(f"| {kind} | " + " | ".join(cells) + f" | {'; '.join(checks) or 'baseline'} |")
     print()
     print("agreement (percent agreement / Cohen's kappa over paired probes):")
-    for title, agg in (("repeat-judge (seeds %d and %d)" % (args.seed, args.seed + 1), repeat),
+    for title, agg in ((f"repeat-judge (seeds {args.seed} and {args.seed + 1})", repeat),
                        ("two judges (A vs B)", two)):
         parts = []
         for probe in ("presence", "correctness"):
