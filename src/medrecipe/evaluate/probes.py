@@ -96,34 +96,30 @@ def probe_traces(judge: JudgeClient, traces: Sequence[Trace],
         for k, u in enumerate(cl.units):
             asks.append((tr.route, k, tr.item, text, u))
 
-    def prompts(template: Any, todo: list[tuple[str, int, Item, str, Any]], probe: str):
-        return [(f"{route}#u{k}#{probe}",
-                 template.render(without_images(item), trace=text, axis=u.axis, topic=u.topic,
-                                 claim=u.claim))
-                for route, k, item, text, u in todo]
-
     sampling = judge.sampling(max_tokens=max_tokens, schema=("probe", ProbeReply), seed=seed)
-    gens = judge.ask(prompts(presence_template, asks, "presence"), template=presence_template,
-                     sampling=sampling)
-    present_todo = []
-    for ask, gen in zip(asks, gens, strict=True):
-        status, reply, reason = _read(gen)
-        r = results[ask[0]][ask[1]]
-        r.presence_status, r.presence_reason = status, reason
-        counts[f"presence_{status}"] += 1
-        if reply is not None:
-            r.present = reply.answer == "yes"
-            if r.present:
-                present_todo.append(ask)
-    gens = judge.ask(prompts(correctness_template, present_todo, "correctness"),
-                     template=correctness_template, sampling=sampling)
-    for ask, gen in zip(present_todo, gens, strict=True):
-        status, reply, reason = _read(gen)
-        r = results[ask[0]][ask[1]]
-        r.correctness_status, r.correctness_reason = status, reason
-        counts[f"correctness_{status}"] += 1
-        if reply is not None:
-            r.correct = reply.answer == "yes"
+
+    def ask(probe: str, template: Any, todo: list[tuple[str, int, Item, str, Any]]) -> list:
+        """Ask one probe for every (trace, unit) in `todo`; returns those answered yes."""
+        prompts = [(f"{route}#u{k}#{probe}",
+                    template.render(without_images(item), trace=text, axis=u.axis,
+                                    topic=u.topic, claim=u.claim))
+                   for route, k, item, text, u in todo]
+        yes = []
+        for job, gen in zip(todo, judge.ask(prompts, template=template, sampling=sampling),
+                            strict=True):
+            status, reply, reason = _read(gen)
+            r = results[job[0]][job[1]]
+            setattr(r, f"{probe}_status", status)
+            setattr(r, f"{probe}_reason", reason)
+            counts[f"{probe}_{status}"] += 1
+            if reply is not None:
+                setattr(r, "present" if probe == "presence" else "correct", reply.answer == "yes")
+                if reply.answer == "yes":
+                    yes.append(job)
+        return yes
+
+    # Correctness is asked only of the units the presence probe found in the trace.
+    ask("correctness", correctness_template, ask("presence", presence_template, asks))
     return results, counts
 
 
