@@ -191,3 +191,30 @@ def test_pairwise_cli_uses_run_a_judge(two_runs, tmp_path):
     s = summary["benchmarks"]["openmedreason_bench"]
     assert s["verdicts"]["unparsed"] == 4  # the jaundice item: 2 seeds x 2 orders
     assert s["win"]["rate"] == pytest.approx(2 / 4)  # its pairs are ties (and omr-4's), never wins
+
+
+def test_eval_cli_prints_the_trace_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from medrecipe.cli import app
+
+    with _serve(good_student, keyword_judge()) as srv:
+        recipe = tmp_path / "eval.yaml"
+        recipe.write_text(f"""
+name: cli-good
+seeds: [0]
+bootstrap: {{resamples: 100}}
+model: {{backend: openai_compat, model: good, base_url: "{srv.base_url}"}}
+trace:
+  judge: {{backend: openai_compat, model: judge, base_url: "{srv.base_url}"}}
+  checklist_dir: {tmp_path / "checklists"}
+benchmarks:
+  - {{name: openmedreason_bench, path: "{FIX / 'bench.jsonl'}", image_root: "{FIX}"}}
+""")
+        out = CliRunner().invoke(app, ["eval", str(recipe), "--out", str(tmp_path / "run")],
+                                 env={"COLUMNS": "250"})
+    assert out.exit_code == 0, out.output
+    assert "reasoning traces" in out.output and "3/4" in out.output  # items scored / total
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["benchmarks"]["openmedreason_bench"]["trace"]["trace_score"]["mean"] == 1.0
+    assert res["trace_judge"]["requests_sent"] > 0

@@ -210,6 +210,8 @@ def build_checklists(items: Sequence[Item], judge: JudgeClient, template: Any,
             out[item.id] = given
             counts["from_item"] += 1
             continue
+        if "checklist" in (item.meta or {}):
+            counts["invalid_item_checklist"] += 1  # not trusted: rebuilt from the reference trace
         if not reference_sections(item):
             counts["no_reference_trace"] += 1
             quarantine.append(QuarantineRow(stage=stage, source=item.source, item_id=item.id,
