@@ -99,6 +99,9 @@ def test_packaged_recipes_validate():
     ev = load_eval_config(packaged_recipe("eval_octomed"))
     assert {b.name for b in ev.benchmarks} >= {"medqa", "pmc_vqa", "brain_tumor"}
     assert ev.seeds == [0, 1, 2, 3, 4]
+    omr = load_eval_config(packaged_recipe("eval_openmedreason"))
+    assert [b.resolved().trace for b in omr.benchmarks] == [True, False, False]
+    assert omr.trace.judge is not None and omr.trace.judge.model == "my-judge"
 
 
 # --------------------------------------------------------------------------- values that cannot work

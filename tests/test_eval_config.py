@@ -19,8 +19,8 @@ def test_octomed_suite_is_registered_by_category():
     assert BENCHMARKS["medqa"].hf_split == "test"
     assert all(b.classification for b in by_cat["mm_classification"])
     omr = {b.name for bs in benchmarks_by_category("openmedreason").values() for b in bs}
-    assert {"slake", "vqa_rad", "pathvqa", "jama", "ham10000", "eyepacs", "hyperkvasir",
-            "vindr_cxr", "vindr_mammo", "busi"} == omr
+    assert {"openmedreason_bench", "slake", "vqa_rad", "pathvqa", "jama", "ham10000", "eyepacs",
+            "hyperkvasir", "vindr_cxr", "vindr_mammo", "busi"} == omr
     with pytest.raises(UserError, match="unknown benchmark 'medqaa'"):
         get_benchmark("medqaa")
 

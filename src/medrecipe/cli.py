@@ -1,4 +1,4 @@
-"""medrecipe command line: run, demo, ingest, validate, inspect, eval, train, report, sources."""
+"""medrecipe command line: run, demo, ingest, validate, inspect, eval, review, train, report, sources."""
 
 from __future__ import annotations
 
@@ -164,16 +164,56 @@ def report(run_dir: RunArg,
 
 @app.command("eval")
 def eval_(
-    targets: Annotated[list[str], typer.Argument(help="Evaluation recipe YAML, or `compare RUN...`.")],
+    targets: Annotated[list[str], typer.Argument(
+        help="Evaluation recipe YAML, `compare RUN...`, or `pairwise RUN_A RUN_B`.")],
     override: Overrides = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (eval; default runs/eval/<name>) or "
                                                   "output folder (compare).")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    judge: Annotated[Path | None, typer.Option(
+        help="pairwise: judge model YAML (backend, model, base_url, ...); default: run A's "
+             "trace.judge.")] = None,
 ) -> None:
-    """Evaluate a model on benchmarks (RECIPE), or compare evaluation runs (compare RUN...)."""
+    """Evaluate a model on benchmarks (RECIPE), compare runs (compare RUN...), or judge two
+    runs' reasoning traces against each other (pairwise RUN_A RUN_B)."""
     from medrecipe.evaluate.commands import eval_command
 
-    eval_command(targets, override, out=out, progress=progress, console=console)
+    eval_command(targets, override, out=out, progress=progress, console=console, judge=judge)
+
+
+@app.command()
+def review(
+    run_dir: RunArg,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8765,
+    reviewer: Annotated[str | None, typer.Option(
+        help="Name stored with every label (default: $USER).")] = None,
+    summary: Annotated[bool, typer.Option(
+        "--summary", help="Print agreement rates per dimension and exit.")] = False,
+) -> None:
+    """Expert review page for a run's items (image, context, question, answer, trace) on 127.0.0.1."""
+    import getpass
+
+    from medrecipe.review.server import make_server
+    from medrecipe.review.summary import render_summary, summarize_labels
+
+    name = reviewer or getpass.getuser() or "reviewer"
+    server = make_server(run_dir, port=port, reviewer=name)
+    app_ = server.RequestHandlerClass.app  # type: ignore[attr-defined]
+    if summary:
+        server.server_close()
+        text = render_summary(summarize_labels(app_.store, [ri.item.id for ri in app_.items]))
+        console.print(text, markup=False)
+        return
+    host, bound = server.server_address[:2]
+    # One line, flushed, that scripts (and the browser test) read for the address.
+    print(f"review page: http://{host}:{bound}/  ({len(app_.items)} items; labels in "
+          f"{app_.store.path}; reviewer {name}; Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train a student VLM on an export (TRL SFT / "

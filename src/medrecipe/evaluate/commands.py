@@ -11,6 +11,7 @@ from rich.table import Table
 from medrecipe.errors import UserError
 from medrecipe.evaluate.compare import CompareResult, compare
 from medrecipe.evaluate.config import load_eval_config
+from medrecipe.evaluate.pairwise import PairwiseResult
 from medrecipe.evaluate.registry import CATEGORY_TITLES
 from medrecipe.evaluate.runner import EvalResult, run_eval
 
@@ -44,15 +45,66 @@ def results_table(result: EvalResult) -> Table:
     return t
 
 
+def trace_table(result: EvalResult) -> Table | None:
+    """A rich Table-4 style table of the run's trace-scored benchmarks (None when there are none)."""
+    from medrecipe.evaluate.trace import AXES, AXIS_TITLES, METRICS
+    from medrecipe.evaluate.trace_report import METRIC_TITLES
+
+    benches = {n: b["trace"] for n, b in result.results["benchmarks"].items() if b.get("trace")}
+    if not benches:
+        return None
+    t = Table(title="reasoning traces (%; mean over items)")
+    t.add_column("benchmark")
+    for a in AXES:
+        for m in METRICS:
+            t.add_column(f"{AXIS_TITLES[a][:4]}. {METRIC_TITLES[m]}", justify="right")
+    for col in ("trace", "95% CI", "answer acc.", "items", "unparsed %"):
+        t.add_column(col, justify="right")
+    for name, tr in benches.items():
+        ts = tr["trace_score"]
+        up = tr["unparsed_rate"]
+        t.add_row(result.results["benchmarks"][name].get("title") or name,
+                  *[_pct(tr["axes"][a][m]["mean"]) for a in AXES for m in METRICS],
+                  _pct(ts["mean"]),
+                  "–" if ts["ci_low"] is None else f"{_pct(ts['ci_low'])}–{_pct(ts['ci_high'])}",
+                  _pct(tr["answer_accuracy"]["mean"]), f"{tr['n_items']}/{tr['n_items_total']}",
+                  f"{_pct(up.get('presence'))} / {_pct(up.get('correctness'))}")
+    return t
+
+
+def _pairwise(runs: list[str], overrides: Sequence[str] | None, out: Path | None,
+              judge: Path | None, progress: bool | None, con: Console) -> PairwiseResult:
+    from medrecipe.config import TeacherConfig, read_yaml, validate_model
+    from medrecipe.evaluate.pairwise import run_pairwise
+
+    if len(runs) != 2:
+        raise UserError("`medrecipe eval pairwise` compares exactly two evaluation runs: "
+                        "medrecipe eval pairwise RUN_A RUN_B [--judge judge.yaml]")
+    if overrides:
+        raise UserError("-o/--override applies to `medrecipe eval RECIPE`, not to pairwise")
+    judge_cfg = None
+    if judge is not None:
+        data, _ = read_yaml(judge, [])
+        judge_cfg = validate_model(TeacherConfig, data, str(judge), what="judge model")
+    res = run_pairwise(runs[0], runs[1], judge_cfg, out, progress=progress)
+    con.print(res.markdown.read_text())
+    con.print(f"pairs: {res.out_dir / 'pairs.jsonl'}\nsummary: {res.json}")
+    return res
+
+
 def eval_command(targets: Sequence[str], overrides: Sequence[str] | None = None,
                  out: Path | None = None, progress: bool | None = None,
-                 console: Console | None = None) -> EvalResult | CompareResult:
-    """`eval RECIPE [-o k=v]` runs an evaluation; `eval compare RUN... [--out DIR]` compares runs."""
+                 console: Console | None = None, judge: Path | None = None,
+                 ) -> EvalResult | CompareResult | PairwiseResult:
+    """`eval RECIPE [-o k=v]` runs an evaluation; `eval compare RUN...` compares runs;
+    `eval pairwise A B [--judge YAML]` judges their traces against each other."""
     con = console or Console(highlight=False)
     targets = list(targets)
     if not targets:
         raise UserError("give an evaluation recipe (medrecipe eval RECIPE) or "
                         "`compare RUN...` (medrecipe eval compare RUN1 RUN2)")
+    if targets[0] == "pairwise" and not Path("pairwise").is_file():
+        return _pairwise(targets[1:], overrides, out, judge, progress, con)
     if targets[0] == "compare" and not Path("compare").is_file():
         runs = targets[1:]
         if not runs:
@@ -62,8 +114,10 @@ def eval_command(targets: Sequence[str], overrides: Sequence[str] | None = None,
         dest = out or Path(runs[0]).parent / "compare"
         res = compare(runs, dest)
         con.print(res.markdown.read_text())
+        plots = [p for p in (res.accuracy_plot, res.length_plot, res.trace_plot, res.pass_k_plot)
+                 if p is not None]
         con.print(f"table: {res.markdown}\nhtml: {res.html}\n"
-                  f"plots: {res.accuracy_plot}, {res.length_plot}")
+                  f"plots: {', '.join(str(p) for p in plots)}")
         return res
     if len(targets) != 1:
         raise UserError(f"`medrecipe eval` takes one recipe, got {len(targets)} arguments; "
@@ -73,6 +127,9 @@ def eval_command(targets: Sequence[str], overrides: Sequence[str] | None = None,
     res = run_eval(cfg, out if out is not None else cfg.resolved_run_dir(),
                    progress=progress, log=lambda m: con.print(f"[dim]{m}[/dim]"))
     con.print(results_table(res))
+    traces = trace_table(res)
+    if traces is not None:
+        con.print(traces)
     con.print(f"results: {res.results_path}\nsamples: {res.samples_path}")
     if not res.complete:
         con.print("[yellow]some samples failed or were not sent (budget); re-run the same "
@@ -80,4 +137,4 @@ def eval_command(targets: Sequence[str], overrides: Sequence[str] | None = None,
     return res
 
 
-__all__ = ["eval_command", "results_table"]
+__all__ = ["eval_command", "results_table", "trace_table"]

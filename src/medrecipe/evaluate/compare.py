@@ -20,6 +20,14 @@ from typing import Any
 from medrecipe.errors import UserError
 from medrecipe.evaluate.registry import BENCHMARKS, CATEGORIES, CATEGORY_TITLES
 from medrecipe.evaluate.runner import load_results
+from medrecipe.evaluate.trace_report import (
+    pass_k_data,
+    plot_pass_at_k,
+    plot_trace_axes,
+    render_trace_html,
+    render_trace_markdown,
+    trace_data,
+)
 from medrecipe.store import atomic_write_text
 
 
@@ -32,6 +40,8 @@ class CompareResult:
     json: Path
     accuracy_plot: Path
     length_plot: Path
+    trace_plot: Path | None = None  # Table-4 axes per model (trace benchmarks only)
+    pass_k_plot: Path | None = None  # pass@k curves
 
 
 def _pct(v: float | None) -> str:
@@ -99,7 +109,8 @@ def comparison_data(run_dirs: list[str | Path]) -> dict[str, Any]:
                        "seeds": len((r.get("config") or {}).get("seeds") or []),
                        "benchmarks": cells, "categories": cat_avg})
     return {"columns": [{"category": c, "benchmarks": n} for c, n in columns],
-            "titles": _titles(runs), "models": models}
+            "titles": _titles(runs), "models": models,
+            "trace": trace_data(runs, labels), "pass_at_k": pass_k_data(runs, labels)}
 
 
 def _best(values: list[float | None]) -> float | None:
@@ -184,7 +195,8 @@ def _num(v: float | None) -> str:
     return "–" if v is None else f"{v:.0f}"
 
 
-def render_html(data: dict[str, Any], plots: tuple[str, str]) -> str:
+def render_html(data: dict[str, Any], plots: tuple[str, str],
+                extra_plots: dict[str, str] | None = None) -> str:
     """A standalone HTML page with the accuracy table and both figures."""
     titles = data["titles"]
     head1 = ['<th rowspan="2">Model</th>']
@@ -228,7 +240,11 @@ def render_html(data: dict[str, Any], plots: tuple[str, str]) -> str:
         f"<tbody>{''.join(body)}</tbody></table>"
         f"<h2>Accuracy by category</h2><img src='{html.escape(plots[0])}' alt='accuracy by category'>"
         f"<h2>Mean response length per benchmark</h2><img src='{html.escape(plots[1])}' "
-        "alt='mean response length per benchmark'></body></html>\n"
+        "alt='mean response length per benchmark'>"
+        + render_trace_html(data.get("trace") or {})
+        + "".join(f"<h2>{html.escape(title)}</h2><img src='{html.escape(src)}' "
+                  f"alt='{html.escape(title)}'>" for title, src in (extra_plots or {}).items())
+        + "</body></html>\n"
     )
 
 
@@ -308,15 +324,23 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> CompareResult:
     out.mkdir(parents=True, exist_ok=True)
     acc_png = plot_accuracy_by_category(data, out / "accuracy_by_category.png")
     len_png = plot_response_length(data, out / "response_length.png")
+    trace_png = plot_trace_axes(data["trace"], out / "trace_axes.png")
+    pass_png = plot_pass_at_k(data["pass_at_k"], out / "pass_at_k.png")
+    extra = {title: p.name for title, p in (("Reasoning traces by axis", trace_png),
+                                            ("pass@k curves", pass_png)) if p is not None}
     md = out / "comparison.md"
+    trace_md = render_trace_markdown(data["trace"])
     atomic_write_text(md, "# Evaluation comparison\n\n" + render_markdown(data)
+                      + (f"\n{trace_md}" if trace_md else "")
                       + f"\n![accuracy by category]({acc_png.name})\n"
-                        f"\n![mean response length per benchmark]({len_png.name})\n")
+                        f"\n![mean response length per benchmark]({len_png.name})\n"
+                      + "".join(f"\n![{t}]({n})\n" for t, n in extra.items()))
     page = out / "comparison.html"
-    atomic_write_text(page, render_html(data, (acc_png.name, len_png.name)))
+    atomic_write_text(page, render_html(data, (acc_png.name, len_png.name), extra))
     js = out / "comparison.json"
     atomic_write_text(js, json.dumps(data, indent=2))
-    return CompareResult(markdown=md, html=page, json=js, accuracy_plot=acc_png, length_plot=len_png)
+    return CompareResult(markdown=md, html=page, json=js, accuracy_plot=acc_png, length_plot=len_png,
+                         trace_plot=trace_png, pass_k_plot=pass_png)
 
 
 __all__ = ["CompareResult", "compare", "comparison_data", "render_markdown", "render_html",

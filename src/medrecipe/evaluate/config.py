@@ -60,6 +60,7 @@ class BenchmarkSpec(_Model):
     image_root: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     classification: bool | None = None
+    trace: bool | None = None  # score reasoning traces on checklists (default: the registry's)
 
     @model_validator(mode="after")
     def _known_or_complete(self) -> BenchmarkSpec:
@@ -102,8 +103,10 @@ class BenchmarkSpec(_Model):
         classification = self.classification
         if classification is None:
             classification = reg.classification if reg else category == "mm_classification"
+        trace = self.trace if self.trace is not None else bool(reg and reg.trace)
         return ResolvedBenchmark(name=self.name, title=self.title or (reg.title if reg else self.name),
-                                 category=category, classification=classification, source=spec)
+                                 category=category, classification=classification, trace=trace,
+                                 source=spec)
 
 
 class ResolvedBenchmark(_Model):
@@ -111,7 +114,27 @@ class ResolvedBenchmark(_Model):
     title: str
     category: str
     classification: bool
+    trace: bool = False
     source: SourceSpec
+
+
+class TraceConfig(_Model):
+    """Trace scoring (OpenMedReason-Bench): the judge model, its prompts and where checklists live."""
+
+    judge: TeacherConfig | None = None  # required when a benchmark is trace-scored
+    checklist_template: str = "trace_checklist"
+    presence_template: str = "trace_presence"
+    correctness_template: str = "trace_correctness"
+    pairwise_template: str = "trace_pairwise"
+    # Shared by runs so that every model is scored on the same checklists
+    # (default: <run folder's parent>/checklists, e.g. runs/eval/checklists).
+    checklist_dir: str | None = None
+    seed: int = 0  # judge seed (greedy decoding; a different seed is a different cache entry)
+    checklist_max_tokens: int = Field(default=2048, ge=16)
+    probe_max_tokens: int = Field(default=256, ge=16)
+    max_trace_chars: int = Field(default=30_000, ge=200)  # longer traces keep head and tail
+    json_mode: bool = True  # send an OpenAI response_format JSON schema with judge requests
+    budget_usd: float | None = None  # cap on judge spend per evaluation run
 
 
 class EvalSampling(_Model):
@@ -162,6 +185,7 @@ class EvalConfig(_Model):
     pass_k: list[int] = Field(default_factory=lambda: [1])
     forced_end: ForcedEndConfig = Field(default_factory=ForcedEndConfig)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    trace: TraceConfig = Field(default_factory=TraceConfig)
     benchmarks: list[BenchmarkSpec] = Field(min_length=1)
     image_store: str | None = None  # default: <run>/images
     cache_dir: str | None = None  # default: <run>/cache (share it between runs to reuse answers)
@@ -203,6 +227,11 @@ class EvalConfig(_Model):
                         f"with endpoint seed {es} (sample j of seed s uses s + {SEED_STRIDE} * j); "
                         "choose seeds that differ by less than that stride")
                 seen[es] = (seed, j)
+        traced = [b.name for b in self.benchmarks if b.resolved().trace]
+        if traced and self.trace.judge is None:
+            raise ValueError(f"benchmark(s) {', '.join(traced)} score reasoning traces and need a "
+                             "judge model: set `trace.judge` (backend, model, base_url), or "
+                             "`trace: false` on the benchmark entry")
         return self
 
     @property
@@ -235,11 +264,14 @@ def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> Ev
         b.image_root = resolve_path(b.image_root, base)
     cfg.tokenizer = resolve_path(cfg.tokenizer, base)
     cfg.model.replay_path = resolve_path(cfg.model.replay_path, base)
+    if cfg.trace.judge is not None:
+        cfg.trace.judge.replay_path = resolve_path(cfg.trace.judge.replay_path, base)
     if cfg.model.backend == "transformers_local":
         cfg.model.model = resolve_path(cfg.model.model, base)
     return cfg
 
 
-__all__ = ["SEED_STRIDE", "endpoint_seed", "BenchmarkSpec", "ResolvedBenchmark", "EvalSampling", "ForcedEndConfig",
-           "BootstrapConfig", "EvalConfig", "CATEGORIES", "eval_config_from_data",
+__all__ = ["SEED_STRIDE", "endpoint_seed", "BenchmarkSpec", "ResolvedBenchmark", "EvalSampling",
+           "ForcedEndConfig", "BootstrapConfig", "EvalConfig", "TraceConfig", "CATEGORIES",
+           "eval_config_from_data",
            "load_eval_config"]

@@ -205,6 +205,17 @@ def mean_pass_at_k(samples: Iterable[Sample], k: int) -> float | None:
     return sum(vals) / len(vals)
 
 
+def pass_at_k_curve(samples: Iterable[Sample]) -> dict[str, float]:
+    """Mean pass@k for every k from 1 to the fewest samples any item has (the curve to plot)."""
+    groups = _by_item(samples)
+    if not groups:
+        return {}
+    n_min = min(len(g) for g in groups.values())
+    flat = [s for g in groups.values() for s in g]
+    return {str(k): v for k in range(1, n_min + 1)
+            if (v := mean_pass_at_k(flat, k)) is not None}
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -332,6 +343,7 @@ def benchmark_summary(samples: Sequence[Sample], *, classification: bool = False
         "vote_draw": [f"{s.get('seed')}/{s.get('sample')}"
                       for s in vote_draw(next(iter(groups.values())), vote_k)] if groups else [],
         "pass_at_k": {str(k): mean_pass_at_k(samples, k) for k in pass_ks},
+        "pass_at_k_curve": pass_at_k_curve(samples),
         "parse_failure_rate": rate(s.get("answer") is None for s in samples),
         "unterminated_rate": rate(s.get("terminated") is False for s in samples),
         "forced_end_rate": rate(bool(s.get("forced_end")) for s in samples),

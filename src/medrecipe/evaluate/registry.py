@@ -42,6 +42,8 @@ class Benchmark:
     task: str | None = None  # overrides the adapter's task (Item.task)
     options: dict[str, Any] = field(default_factory=dict)  # adapter options
     classification: bool = False  # also report macro-F1 and balanced accuracy
+    trace: bool = False  # score reasoning traces on checklists (OpenMedReason-Bench)
+    pass_k_curve: bool = False  # one of the benchmarks whose pass@k curve the paper plots
     note: str = ""
 
 
@@ -74,7 +76,7 @@ _ALL: list[Benchmark] = [
     _b("pmc_vqa", "PMC-VQA", "mm_reasoning", "pmc_vqa", hub_id="xmcmic/PMC-VQA",
        note="test_clean.csv (2,000); set image_root to the unzipped figures"),
     _b("medxpertqa_mm", "MedXpertQA MM", "mm_reasoning", "medxpertqa",
-       hub_id="TsinghuaC3I/MedXpertQA", hf_config="MM", hf_split="test",
+       hub_id="TsinghuaC3I/MedXpertQA", hf_config="MM", hf_split="test", pass_k_curve=True,
        note="5-option test (2,000); set image_root to the unzipped images"),
     # ---- OctoMed, multimodal classification (image folders turned into multiple choice)
     _b("brain_tumor", "Brain Tumor", "mm_classification", "imagefolder",
@@ -94,8 +96,12 @@ _ALL: list[Benchmark] = [
        hub_id="flaviagiammarino/vqa-rad", hf_split="test", note="test (451)"),
     _b("pathvqa", "PathVQA", "vqa", "pathvqa", "openmedreason",
        hub_id="flaviagiammarino/path-vqa", hf_split="test", note="test (6.7k)"),
-    _b("jama", "JAMA", "mm_reasoning", "generic", "openmedreason",
+    _b("jama", "JAMA", "mm_reasoning", "generic", "openmedreason", pass_k_curve=True,
        note="JAMA Clinical Challenge scrape; give `mapping` for its columns"),
+    _b("openmedreason_bench", "OpenMedReason-Bench", "mm_reasoning", "generic", "openmedreason",
+       trace=True, pass_k_curve=True,
+       note="curated benchmark split; items carry meta.reference_trace; traces scored on "
+            "perception / knowledge / rationale checklists (needs trace.judge)"),
     # ---- OpenMedReason, classification
     _b("ham10000", "HAM10000", "mm_classification", "imagefolder", "openmedreason",
        options={"preset": "ham10000"}, note="7 dermoscopy classes"),
@@ -118,7 +124,8 @@ OCTOMED_SUITE: dict[str, list[str]] = {
     "mm_reasoning": ["mmmu_pro_health", "nejm", "pmc_vqa", "medxpertqa_mm"],
     "mm_classification": ["brain_tumor", "coronahack", "aptos", "messidor2", "bcss"],
 }
-OPENMEDREASON_SUITE: list[str] = ["slake", "vqa_rad", "pathvqa", "jama", "ham10000", "eyepacs",
+OPENMEDREASON_SUITE: list[str] = ["openmedreason_bench", "slake", "vqa_rad", "pathvqa", "jama",
+                                  "ham10000", "eyepacs",
                                   "hyperkvasir", "vindr_cxr", "vindr_mammo", "busi"]
 
 

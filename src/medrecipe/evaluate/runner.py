@@ -402,6 +402,12 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             "cost_usd": g.cost_usd, "text": text,
         })
 
+    # ---- 4b. reasoning traces scored on checklists (benchmarks with `trace` on)
+    from medrecipe.evaluate.trace_eval import score_traces
+
+    traces, judge_tally = score_traces(config, run, benches, items_by_bench, samples,
+                                       backends=backends, progress=progress, say=say)
+
     # ---- 5. metrics and outputs
     per_bench: dict[str, Any] = {}
     for bench in benches:
@@ -413,10 +419,13 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             bootstrap_seed=config.bootstrap.seed, level=config.bootstrap.level)
         summary.update({"title": bench.title, "category": bench.category,
                         "classification": bench.classification})
+        if bench.name in traces:
+            summary["trace"] = traces[bench.name]
         per_bench[bench.name] = summary
     accuracy = {b: v["accuracy"] for b, v in per_bench.items()}
     expected = sum(len(v) for v in items_by_bench.values()) * len(config.seeds) * config.samples_per_seed
-    complete = first.complete and len(samples) == expected and not any(s["error"] for s in samples)
+    complete = (first.complete and judge_tally.complete and len(samples) == expected
+                and not any(s["error"] for s in samples))
     results = {
         "kind": "medrecipe.eval",
         "name": config.name,
@@ -433,6 +442,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
         "engine": {"requests_sent": first.requests_sent, "cached": first.cached,
                    "failures": first.failures, "spend_usd": first.spend_usd,
                    "not_launched": first.not_launched},
+        "trace_judge": judge_tally.as_dict() if traces else None,
         "samples": len(samples),
         "expected_samples": expected,
         "complete": complete,
