@@ -144,5 +144,6 @@ def test_difficulty_filter_and_annotation_in_a_run(recipe_file, monkeypatch, tmp
     stats = ctx.run.stage("select").extra
     # t0's "rating 0" is out of range: counted as unparsed with the two unrated questions.
     assert stats["difficulty"]["rated"] == 5 and stats["difficulty"]["unparsed"] == 3
-    items = {r["id"]: r for r in ctx.run.read_table("items").to_pylist()}
+    # The labelled items are a stage output of their own (items.parquet stays as prepared).
+    items = {r["id"]: r for r in ctx.run.read_table("items_labelled").to_pylist()}
     assert items["train/t0"]["anatomy"] == "kidney"

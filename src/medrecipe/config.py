@@ -267,6 +267,20 @@ class ReportConfig(_Model):
     thumbnail_px: int = Field(default=320, ge=32)  # longest side of embedded images
 
 
+# --------------------------------------------------------------------------- execution
+
+
+class ExecutorConfig(_Model):
+    """Where a sharded stage's shards run: `executor: local` (default) or `executor: ray`."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(default=1, ge=1)  # local: shards at a time (>1: a process pool)
+    address: str | None = None  # ray: an existing cluster ("auto", "ray://host:10001"); else local
+    num_cpus: int | None = Field(default=None, ge=1)  # ray: CPUs of a local instance
+    max_retries: int = Field(default=3, ge=0)  # ray: re-runs of a shard whose worker died
+    cpus_per_shard: float = Field(default=1.0, gt=0)  # ray: CPUs reserved by one shard task
+
+
 # --------------------------------------------------------------------------- recipe
 
 
@@ -278,6 +292,10 @@ class Recipe(_Model):
     # Larger images are quarantined before they are decoded (decoding one 30000x30000 PNG
     # takes several GB); raise it for whole-slide or very large scans.
     max_image_pixels: int = Field(default=100_000_000, ge=1)
+    # Shards of every per-question output (items, generations, verdicts, selected traces);
+    # null: about one per 25,000 questions, chosen at the first prepare and then kept.
+    shards: int | None = Field(default=None, ge=1, le=65_536)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     batch_size: int = Field(default=4096, ge=1)
     sources: list[SourceSpec] = Field(min_length=1)
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
@@ -288,6 +306,11 @@ class Recipe(_Model):
     select: SelectConfig = Field(default_factory=SelectConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_by_name(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:

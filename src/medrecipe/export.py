@@ -30,7 +30,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +69,45 @@ class ExportError(UserError):
 # --------------------------------------------------------------------------- inputs
 
 
-def _splits(selected: SelectResult | Mapping[str, pa.Table] | pa.Table) -> dict[str, pa.Table]:
+class Rows:
+    """The selected examples of one split, read in batches: an in-memory table, or a Parquet
+    file / folder of shards (the run's selected outputs), so an export never holds them all."""
+
+    def __init__(self, source: pa.Table | str | os.PathLike):
+        self.source = source if isinstance(source, pa.Table) else Path(source)
+
+    @property
+    def num_rows(self) -> int:
+        if isinstance(self.source, pa.Table):
+            return self.source.num_rows
+        from medrecipe.shards import num_rows
+
+        return num_rows(self.source)
+
+    def batches(self, size: int = 512) -> Iterator[pa.Table]:
+        if isinstance(self.source, pa.Table):
+            for b in self.source.to_batches(max_chunksize=size):
+                yield pa.Table.from_batches([b])
+            return
+        from medrecipe.shards import iter_batches
+
+        yield from iter_batches(self.source, size)
+
+
+def _splits(selected: SelectResult | Mapping[str, Any] | pa.Table) -> dict[str, Rows]:
     if isinstance(selected, SelectResult):
-        return {"train": selected.train, "val": selected.val}
+        return {"train": Rows(selected.train), "val": Rows(selected.val)}
     if isinstance(selected, pa.Table):
         if "split" not in selected.column_names:
-            return {"train": selected}
+            return {"train": Rows(selected)}
         is_val = pc.equal(selected.column("split"), "val")
-        return {"train": selected.filter(pc.invert(is_val)), "val": selected.filter(is_val)}
+        return {"train": Rows(selected.filter(pc.invert(is_val))),
+                "val": Rows(selected.filter(is_val))}
     out = {}
     for name, table in selected.items():
         key = "val" if name in ("val", "validation", "selected_val") else (
             "train" if name in ("train", "selected_train") else name)
-        out[key] = table
+        out[key] = table if isinstance(table, Rows) else Rows(table)
     return out
 
 
@@ -114,9 +140,9 @@ def user_prompt(question: str, options: list[str], instruction: str | None = Non
     return "\n\n".join(parts)
 
 
-def _examples(table: pa.Table, resolve: ImageResolver | None, config: ExportConfig
-              ) -> Iterator[dict[str, Any]]:
-    for row in table.to_pylist():
+def _examples(rows: Rows, resolve: ImageResolver | None, config: ExportConfig
+               ) -> Iterator[dict[str, Any]]:
+    for row in (r for batch in rows.batches() for r in batch.to_pylist()):
         refs = list(row.get("images") or [])
         if refs and resolve is None:
             raise ExportError("the selection has images but no image store was given to export")
@@ -161,7 +187,37 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
-def export_llamafactory(splits: dict[str, pa.Table], out: Path, resolve: ImageResolver | None,
+def _write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Write lines to a temporary file as they come, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line)
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n
+
+
+def _write_json_array(path: Path, records: Iterable[Any]) -> None:
+    """A JSON array written record by record (one per line), never held whole in memory."""
+    def lines() -> Iterator[str]:
+        yield "["
+        for i, rec in enumerate(records):
+            yield ("\n" if i == 0 else ",\n") + json.dumps(rec, ensure_ascii=False)
+        yield "\n]\n"
+
+    _write_lines(path, lines())
+
+
+def export_llamafactory(splits: dict[str, Rows], out: Path, resolve: ImageResolver | None,
                         config: ExportConfig) -> dict[str, Path]:
     """Write sharegpt JSON files and register them in out/dataset_info.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -179,10 +235,9 @@ def export_llamafactory(splits: dict[str, pa.Table], out: Path, resolve: ImageRe
     for split, table in splits.items():
         if split != "train" and table.num_rows == 0:
             continue
-        records = [llamafactory_record(ex, config.system_prompt)
-                   for ex in _examples(table, resolve, config)]
         fname = f"{name}_{split}.json"
-        _write_json(out / fname, records)
+        _write_json_array(out / fname, (llamafactory_record(ex, config.system_prompt)
+                                         for ex in _examples(table, resolve, config)))
         info[name if split == "train" else f"{name}_{split}"] = llamafactory_entry(fname)
         paths[f"llamafactory_{split}"] = out / fname
     _write_json(info_path, info)
@@ -334,7 +389,7 @@ def trl_row(ex: dict[str, Any], system_prompt: str | None, embed: bool) -> dict[
             "teacher": ex.get("teacher") or "", "messages": messages, "images": images}
 
 
-def _write_trl_parquet(table: pa.Table, path: Path, resolve: ImageResolver | None,
+def _write_trl_parquet(table: Rows, path: Path, resolve: ImageResolver | None,
                        config: ExportConfig, features: Any, chunk: int = 256) -> int:
     schema = features.arrow_schema
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +425,7 @@ def _flush(writer: pq.ParquetWriter, batch: list[dict[str, Any]], features: Any,
     return n
 
 
-def export_trl(splits: dict[str, pa.Table], out: Path, parquet_out: Path,
+def export_trl(splits: dict[str, Rows], out: Path, parquet_out: Path,
                resolve: ImageResolver | None, config: ExportConfig) -> dict[str, Path]:
     """Write Parquet per split, then a DatasetDict with save_to_disk (train, validation)."""
     from datasets import Dataset, DatasetDict
@@ -425,20 +480,16 @@ def jsonl_record(ex: dict[str, Any], system_prompt: str | None) -> dict[str, Any
     return rec
 
 
-def export_jsonl(splits: dict[str, pa.Table], out: Path, resolve: ImageResolver | None,
+def export_jsonl(splits: dict[str, Rows], out: Path, resolve: ImageResolver | None,
                  config: ExportConfig) -> dict[str, Path]:
     """One JSON object per line per split."""
-    from medrecipe.store import atomic_write_text
-
     paths = {}
     for split, table in splits.items():
         if split != "train" and table.num_rows == 0:
             continue
-        lines = [json.dumps(jsonl_record(ex, config.system_prompt), ensure_ascii=False)
-                 for ex in _examples(table, resolve, config)]
         p = out / f"{config.dataset_name}_{split}.jsonl"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(p, "".join(line + "\n" for line in lines))
+        _write_lines(p, (json.dumps(jsonl_record(ex, config.system_prompt), ensure_ascii=False)
+                         + "\n" for ex in _examples(table, resolve, config)))
         paths[f"jsonl_{split}"] = p
     return paths
 

@@ -23,7 +23,7 @@ from medrecipe.console import RunLog, counting_progress, progress_enabled
 from medrecipe.errors import UserError
 from medrecipe.images import ImageStore
 from medrecipe.schema import ITEM_SCHEMA, QuarantineRow
-from medrecipe.store import Run, StageResult, atomic_write_text, run_stage
+from medrecipe.store import Run, StageResult, atomic_write_text, run_sharded_stage, run_stage
 
 STAGES = ("ingest", "prepare", "generate", "grade", "select", "export", "report")
 
@@ -39,12 +39,42 @@ class Context:
     progress: bool | None = None
     force: set[str] = field(default_factory=set)
     backends: dict[str, Any] | None = None  # test hook: backend objects per teacher name
+    items_name: str = "items"  # "items_labelled" once the annotate stage has run
+    _executor: Any = None
 
     def forced(self, stage: str) -> bool:
         return stage in self.force or "all" in self.force
 
+    @property
+    def executor(self):
+        """The recipe's executor (created on first use, closed with the context)."""
+        if self._executor is None:
+            from medrecipe.executors import make_executor
+
+            self._executor = make_executor(self.recipe.executor)
+        return self._executor
+
+    @property
+    def n_shards(self) -> int:
+        """Shards of every sharded output of this run (fixed by the prepare stage)."""
+        return int(self.run.manifest.get("shards") or 1)
+
+    def models(self):
+        """What a shard needs to call models (picklable; the backends hook stays in-process)."""
+        from medrecipe.sharded import ModelAccess
+
+        in_process = not self.executor.parallel
+        return ModelAccess(teachers=dict(self.recipe.teachers), cache_dir=str(cache_dir(self)),
+                           image_root=str(self.images.root),
+                           max_image_pixels=self.recipe.max_image_pixels,
+                           progress=self.progress if in_process else False,
+                           backends=self.backends if in_process else None)
+
     def close(self) -> None:
-        """Give the run directory back (its lock) and stop logging into it."""
+        """Give the run directory back (its lock), stop the executor and logging into the run."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
         self.log.detach()
         self.run.unlock()
 
@@ -162,30 +192,61 @@ def output_fingerprint(rec) -> str:
 # --------------------------------------------------------------------------- prepare
 
 
+def choose_shards(recipe: Recipe, run: Run, n_items: int) -> int:
+    """Shard count: the recipe's, else the one this run already uses, else from the size.
+
+    The automatic choice (about 25,000 questions per shard) is made once and recorded, so
+    a source that grows later does not reshuffle the shards of an existing run.
+    """
+    if recipe.shards:
+        return recipe.shards
+    if run.manifest.get("shards"):
+        return int(run.manifest["shards"])
+    return max(1, min(4096, -(-n_items // 25_000)))
+
+
 def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
-    """Decontaminate, dedup images, resize and balance the training items -> items.parquet."""
+    """Decontaminate, dedup images, resize and balance the training items -> items shards."""
     from medrecipe.prepare.stage import prepare as prepare_items
+    from medrecipe.shards import ShardWriter
 
     r = ctx.recipe
     train = [s.name for s in r.sources_by_role("train")]
     bench = [s.name for s in r.sources_by_role("benchmark")]
     inputs = {f"ingest.{n}": ingest_fps[n] for n in train + bench}
+    n_train = sum(ctx.run.num_rows(f"ingest/{n}") for n in train)
+    n_shards = choose_shards(r, ctx.run, n_train)
+    ctx.run.set_meta(shards=n_shards)
 
     def body() -> StageResult:
         result = prepare_items(read_source_items(ctx.run, train), read_source_items(ctx.run, bench),
                                r.prepare, ctx.images)
-        ctx.run.write_table("items", result.items)
+        folder = ctx.run.path("items")
+        if folder.exists() and not folder.is_dir():
+            folder.unlink()  # an unsharded items.parquet of an older run
+        elif folder.is_dir():
+            import shutil
+
+            shutil.rmtree(folder)
+        writer = ShardWriter(folder, n_shards, ITEM_SCHEMA, key="id")
+        try:
+            writer.write(result.items)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
         if getattr(result, "flags", None) is not None:
             ctx.run.write_table("prepare_flags", result.flags)
         ctx.run.write_quarantine("prepare", result.quarantine)
         return StageResult(rows={"items": result.items.num_rows,
                                  "removed": len(result.quarantine)},
-                           extra={"removed": result.counts, **result.details})
+                           extra={"removed": result.counts, "shards": n_shards, **result.details})
 
-    ran, rec = run_stage(ctx.run, "prepare", config_hash(r.prepare), inputs, ["items"], body,
-                         force=ctx.forced("prepare"))
+    ran, rec = run_stage(ctx.run, "prepare", config_hash({"prepare": r.prepare, "shards": n_shards}),
+                         inputs, ["items"], body, force=ctx.forced("prepare"))
     ctx.log(f"prepare: {'done' if ran else 'up to date'}, {rec.rows.get('items', 0)} items kept"
             + (f", {rec.rows.get('removed', 0)} removed" if rec.rows.get("removed") else "")
+            + (f" in {n_shards} shards" if n_shards > 1 else "")
             + f" ({rec.seconds:.1f}s)")
     return rec.fingerprint
 
@@ -194,26 +255,19 @@ def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
 
 
 def annotate(ctx: Context, upstream: str) -> str:
-    """Fill missing modality/anatomy with a labeller model -> items.parquet rewritten in place."""
-    from medrecipe.judge import annotate_items
+    """Fill missing modality/anatomy with a labeller model -> items_labelled shards."""
+    from medrecipe.sharded import AnnotatePayload, annotate_shard
 
     r = ctx.recipe
     if not r.annotate.enabled or not r.annotate.labeller:
         return upstream
     labeller = r.teachers[r.annotate.labeller]
     cfg = config_hash({"annotate": r.annotate, "labeller": labeller})
-
-    def body() -> StageResult:
-        table, res = annotate_items(ctx.run.read_table("items"), r.annotate.labeller, r.teachers,
-                                    r.annotate.template, cache_dir(ctx), ctx.images,
-                                    progress=ctx.progress, backends=ctx.backends)
-        ctx.run.write_table("items", table)
-        return StageResult(rows={"labelled": len(res.values), "unparsed": res.unparsed,
-                                 "failed": res.failed}, complete=res.complete,
-                           extra={"spend_usd": res.spend_usd})
-
-    ran, rec = run_stage(ctx.run, "annotate", cfg, {"items": upstream}, ["items"], body,
-                         force=ctx.forced("annotate"))
+    ran, rec = run_sharded_stage(ctx.run, "annotate", cfg, {"items": upstream}, ["items_labelled"],
+                                 annotate_shard, ctx.n_shards, ctx.executor,
+                                 AnnotatePayload(ctx.models(), r.annotate),
+                                 force=ctx.forced("annotate"))
+    ctx.items_name = "items_labelled"
     ctx.log(f"annotate: {'done' if ran else 'up to date'}, {rec.rows}")
     return output_fingerprint(rec)
 
@@ -244,17 +298,16 @@ def _teachers_hash(ctx: Context) -> str:
 
 
 def generate(ctx: Context, upstream: str) -> str:
-    """Teacher generations for every item (cached, resumable) -> generations.parquet."""
-    from medrecipe.generate import generate_stage
+    """Teacher generations for every item (cached, resumable) -> generations shards."""
+    from medrecipe.sharded import Budget, GeneratePayload, generate_shard
 
     r = ctx.recipe
-
-    def body() -> StageResult:
-        return generate_stage(ctx.run.read_table("items"), r.teachers, r.generate, ctx.run,
-                              ctx.images, progress=ctx.progress, backends=ctx.backends)
-
-    ran, rec = run_stage(ctx.run, "generate", _teachers_hash(ctx), {"items": upstream},
-                         ["generations"], body, force=ctx.forced("generate"))
+    ex = ctx.executor
+    budget = Budget(r.generate.budget_usd, ctx.n_shards if ex.parallel else 0)
+    payload = GeneratePayload(ctx.models(), r.generate, ctx.items_name, budget)
+    ran, rec = run_sharded_stage(ctx.run, "generate", _teachers_hash(ctx), {"items": upstream},
+                                 ["generations"], generate_shard, ctx.n_shards, ex, payload,
+                                 force=ctx.forced("generate"), summarize=_generate_summary)
     x = rec.extra
     if rec.complete:
         status = "done"
@@ -269,78 +322,82 @@ def generate(ctx: Context, upstream: str) -> str:
     return output_fingerprint(rec)
 
 
+def _generate_summary(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    from medrecipe.store import merge_stats
+
+    out = merge_stats(parts)
+    stops = [p.get("stopped") for p in parts if p.get("stopped")]
+    out["stopped"] = "budget" if "budget" in stops else (stops[0] if stops else None)
+    return out
+
+
 def grade(ctx: Context, upstream: str) -> str:
-    """A verdict per generation -> verdicts.parquet."""
-    from medrecipe.answers import grade_generations
+    """A verdict per generation -> verdicts shards."""
+    from medrecipe.sharded import GradePayload, grade_shard
 
     r = ctx.recipe
-    judge = None
-    if r.grade.judge:
-        from medrecipe.judge import make_open_judge
-
-        judge = make_open_judge(r.grade.judge, r.teachers, r.grade.judge_template, cache_dir(ctx),
-                                ctx.images, progress=ctx.progress, backends=ctx.backends)
     cfg = config_hash({"grade": r.grade,
                        "judge": r.teachers[r.grade.judge] if r.grade.judge else None})
-
-    def body() -> StageResult:
-        v = grade_generations(ctx.run.read_table("generations"), ctx.run.read_table("items"),
-                              r.grade, judge=judge)
-        ctx.run.write_table("verdicts", v)
-        correct = v.column("correct").to_pylist()
-        methods: dict[str, int] = {}
-        for m in v.column("method").to_pylist():
-            methods[m] = methods.get(m, 0) + 1
-        return StageResult(rows={"verdicts": v.num_rows,
-                                 "correct": sum(1 for c in correct if c is True),
-                                 "ungradable": sum(1 for c in correct if c is None)},
-                           extra={"methods": methods})
-
-    ran, rec = run_stage(ctx.run, "grade", cfg, {"generations": upstream}, ["verdicts"], body,
-                         force=ctx.forced("grade"))
+    ran, rec = run_sharded_stage(ctx.run, "grade", cfg, {"generations": upstream}, ["verdicts"],
+                                 grade_shard, ctx.n_shards, ctx.executor,
+                                 GradePayload(ctx.models(), r.grade, ctx.items_name),
+                                 force=ctx.forced("grade"))
     ctx.log(f"grade: {'done' if ran else 'up to date'}, {rec.rows.get('verdicts', 0)} verdicts, "
             f"{rec.rows.get('correct', 0)} correct, {rec.rows.get('ungradable', 0)} without a "
             f"gradable answer ({rec.seconds:.1f}s)")
-    return rec.fingerprint
+    return output_fingerprint(rec)
 
 
 # --------------------------------------------------------------------------- select / export / report
 
 
 def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
-    """Rejection sampling, filters, cap, mix, split -> selected_{train,val}.parquet."""
-    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL
-    from medrecipe.select import select as select_traces
+    """Rejection sampling, filters, cap, mix, split -> selected_{train,val} shards.
+
+    Two sharded passes: candidates per shard (everything but the mix), then the mix quotas
+    set from every shard's candidate questions and applied shard by shard.
+    """
+    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL, apply_mix_delta, mix_thresholds
+    from medrecipe.sharded import SelectPayload, mix_shard, select_shard
+    from medrecipe.store import merge_stats
 
     r = ctx.recipe
     cfg: dict[str, Any] = {"select": r.select}
     if r.select.difficulty:
         cfg["judge"] = r.teachers[r.select.difficulty.judge]
+    payload = SelectPayload(ctx.models(), r.select, ctx.items_name)
+    mix_keys: dict[str, list] = {}
 
-    def body() -> StageResult:
-        items = ctx.run.read_table("items")
-        ratings = None
-        extra: dict[str, Any] = {}
-        complete = True
-        if r.select.difficulty:
-            from medrecipe.judge import rate_difficulty
+    def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        for p in parts:
+            for src, keys in (p["stats"].pop("mix_keys", None) or {}).items():
+                mix_keys.setdefault(src, []).extend(keys)
+        merged = merge_stats(parts)
+        quotas, limits = mix_thresholds(r.select, mix_keys)
+        merged["stats"]["mix_quotas"] = quotas
+        merged["mix_limits"] = limits
+        return merged
 
-            d = r.select.difficulty
-            res = rate_difficulty(items, d.judge, r.teachers, d.template, cache_dir(ctx),
-                                  ctx.images, progress=ctx.progress, backends=ctx.backends)
-            ratings = {k: int(v) for k, v in res.values.items()}
-            extra["difficulty"] = {"rated": len(ratings), "unparsed": res.unparsed,
-                                   "failed": res.failed, "spend_usd": res.spend_usd}
-            complete = res.complete
-        result = select_traces(items, ctx.run.read_table("generations"),
-                               ctx.run.read_table("verdicts"), r.select, difficulty=ratings)
-        result.write(ctx.run)
-        extra["stats"] = result.stats
-        return StageResult(rows={"train": result.train.num_rows, "val": result.val.num_rows},
-                           complete=complete, extra=extra)
+    ran1, rec1 = run_sharded_stage(ctx.run, "select.candidates", config_hash(cfg),
+                                   {"items": items_fp, "grade": grade_fp}, ["select_candidates"],
+                                   select_shard, ctx.n_shards, ctx.executor, payload,
+                                   force=ctx.forced("select"), summarize=summarize)
+    payload.limits = rec1.extra.get("mix_limits") or {}
 
-    ran, rec = run_stage(ctx.run, "select", config_hash(cfg), {"items": items_fp, "grade": grade_fp},
-                         [SELECTED_TRAIN, SELECTED_VAL], body, force=ctx.forced("select"))
+    def summarize_mix(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        delta = merge_stats([p.get("mix_delta") or {} for p in parts])
+        extra = {k: v for k, v in rec1.extra.items() if k not in ("stats", "mix_limits")}
+        extra["stats"] = apply_mix_delta(rec1.extra.get("stats") or {}, delta)
+        return extra
+
+    ran, rec = run_sharded_stage(ctx.run, "select", config_hash(cfg),
+                                 {"candidates": output_fingerprint(rec1)},
+                                 [SELECTED_TRAIN, SELECTED_VAL], mix_shard, ctx.n_shards,
+                                 ctx.executor, payload, force=ctx.forced("select"),
+                                 summarize=summarize_mix)
+    if not rec1.complete and rec.complete:  # the difficulty judge did not finish everywhere
+        rec.complete = False
+        ctx.run.record_stage(rec)
     ctx.log(f"select: {'done' if ran else 'up to date'}, {rec.rows.get('train', 0)} train / "
             f"{rec.rows.get('val', 0)} validation traces ({rec.seconds:.1f}s)")
     return output_fingerprint(rec)
@@ -359,8 +416,8 @@ def export(ctx: Context, upstream: str) -> tuple[str, dict[str, str]]:
             import datasets
 
             datasets.disable_progress_bars()
-        paths = export_selected({"train": ctx.run.read_table(SELECTED_TRAIN),
-                                 "val": ctx.run.read_table(SELECTED_VAL)}, out, ctx.images, r.export)
+        paths = export_selected({"train": ctx.run.path(SELECTED_TRAIN),
+                                 "val": ctx.run.path(SELECTED_VAL)}, out, ctx.images, r.export)
         empty = paths.pop("empty", None) is not None
         return StageResult(rows={"train": ctx.run.num_rows(SELECTED_TRAIN),
                                  "val": ctx.run.num_rows(SELECTED_VAL)},

@@ -309,6 +309,79 @@ def mix_quotas(config: SelectConfig, available: dict[str, int]) -> dict[str, int
     return None
 
 
+# --------------------------------------------------------------------------- mixing over shards
+
+
+def mix_thresholds(config: SelectConfig, keys_by_source: dict[str, list[list[Any]]]
+                   ) -> tuple[dict[str, int] | None, dict[str, list[Any] | None]]:
+    """Quotas from every shard's candidate questions, and per source the last order key kept.
+
+    A source maps to None when its quota keeps nothing; sources whose quota keeps them
+    whole are left out (nothing to cut).
+    """
+    quotas = mix_quotas(config, {s: len(k) for s, k in keys_by_source.items()})
+    limits: dict[str, list[Any] | None] = {}
+    if quotas is None:
+        return None, limits
+    for src, keys in keys_by_source.items():
+        q = quotas.get(src, len(keys))
+        if q >= len(keys):
+            continue
+        limits[src] = sorted((int(h), x) for h, x in keys)[q - 1] if q > 0 else None
+        if limits[src] is not None:
+            limits[src] = list(limits[src])
+    return quotas, limits
+
+
+def apply_mix(table: pa.Table, limits: dict[str, list[Any] | None], seed: int
+              ) -> tuple[pa.Table, dict[str, Any]]:
+    """Keep the rows of questions within their source's mix limit; returns the kept rows and
+    the change to the selection stats (`apply_mix_delta`)."""
+    if not limits or table.num_rows == 0:
+        return table, {}
+    srcs, items, teachers, splits = (_col(table, c) for c in ("source", "item_id", "teacher",
+                                                               "split"))
+    keep = []
+    delta: dict[str, Any] = {"by_source": defaultdict(Counter), "by_teacher": defaultdict(Counter),
+                             "questions_by_source": defaultdict(Counter)}
+    dropped_q: set[str] = set()
+    for s, x, t, sp in zip(srcs, items, teachers, splits, strict=True):
+        ok = True
+        if s in limits:
+            lim = limits[s]
+            ok = lim is not None and (_h64(seed, "mix:" + x), x) <= (int(lim[0]), lim[1])
+        keep.append(ok)
+        if not ok:
+            for group, key in (("by_source", s), ("by_teacher", t or "")):
+                delta[group][key]["filtered_mix"] += 1
+                delta[group][key]["accepted"] -= 1
+                delta[group][key][sp] -= 1
+            if x not in dropped_q:
+                dropped_q.add(x)
+                q = delta["questions_by_source"][s]
+                q["filtered_mix"] += 1
+                q["selected"] -= 1
+                q[sp] -= 1
+    out = {g: {k: dict(c) for k, c in v.items()} for g, v in delta.items()}
+    return table.filter(pa.array(keep)), out
+
+
+def apply_mix_delta(stats: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """Selection stats after the mix: `delta` (summed over shards) added to every total."""
+    stats = json.loads(json.dumps(stats))
+    for group in ("by_source", "by_teacher", "questions_by_source"):
+        for key, changes in (delta.get(group) or {}).items():
+            row = stats.setdefault(group, {}).setdefault(key, {})
+            for name, n in changes.items():
+                row[name] = row.get(name, 0) + n
+    for total, group in (("totals", "by_source"), ("questions", "questions_by_source")):
+        t = stats.setdefault(total, {})
+        for changes in (delta.get(group) or {}).values():
+            for name, n in changes.items():
+                t[name] = t.get(name, 0) + n
+    return stats
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -323,8 +396,15 @@ def _new_counts() -> dict[str, int]:
 
 
 def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: SelectConfig,
-           difficulty: dict[str, int] | None = None) -> SelectResult:
-    """Rejection-sample, filter, cap, mix and split graded traces into training examples."""
+           difficulty: dict[str, int] | None = None, *, defer_mix: bool = False) -> SelectResult:
+    """Rejection-sample, filter, cap, mix and split graded traces into training examples.
+
+    With `defer_mix` the mix quotas are not applied here: the result keeps every candidate
+    and `stats["mix_keys"]` lists, per source, the (hash, item id) order key of each
+    candidate question, so that a sharded run can set the quotas from all shards together
+    (`mix_thresholds`) and apply them shard by shard (`apply_mix`), with the same result as
+    selecting everything at once.
+    """
     if config.difficulty is not None and difficulty is None:
         raise UserError(
             "select.difficulty is set but no difficulty ratings were given; run the "
@@ -491,7 +571,7 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
         per_source[src_of(item_id, None)].append(item_id)
     for ids in per_source.values():
         ids.sort(key=lambda x: (_h64(seed, "mix:" + x), x))
-    quotas = mix_quotas(config, {s: len(ids) for s, ids in per_source.items()})
+    quotas = None if defer_mix else mix_quotas(config, {s: len(ids) for s, ids in per_source.items()})
     if quotas is not None:
         for s, ids in per_source.items():
             q = quotas.get(s, len(ids))
@@ -556,6 +636,8 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
         "questions": dict(q_totals),
         "questions_by_source": {k: dict(q_stats[k]) for k in sorted(q_stats)},
         "mix_quotas": quotas,
+        **({"mix_keys": {s: [[_h64(seed, "mix:" + x), x] for x in ids]
+                         for s, ids in per_source.items()}} if defer_mix else {}),
         "missing_item": missing_item,
         "missing_generation": missing_gen,
         "target_format": config.target_format,

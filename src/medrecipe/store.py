@@ -180,7 +180,8 @@ class Run:
         """
         removed: list[Path] = []
         folders = [self.root] + [self.root / d for d in ("ingest", "quarantine", "export",
-                                                          "report", "logs")]
+                                                          "report", "logs", "cache")]
+        folders += [p for p in self.root.glob("*.parquet") if p.is_dir()]  # sharded outputs
         folders += [self.root / "export" / d for d in ("llamafactory", "jsonl", "trl_parquet")]
         for folder in folders:
             if not folder.is_dir():
@@ -227,12 +228,41 @@ class Run:
 
     def iter_batches(self, name: str, batch_size: int = 8192,
                      columns: list[str] | None = None) -> Iterator[pa.Table]:
-        pf = pq.ParquetFile(self.path(name))
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            yield pa.Table.from_batches([batch])
+        """Batches of an output (a file, or every shard in shard order)."""
+        from medrecipe.shards import iter_batches
+
+        yield from iter_batches(self.path(name), batch_size, columns)
+
+    def shard_path(self, name: str, shard: int, n_shards: int) -> Path:
+        """Path of shard `shard` of `n_shards` of a sharded output."""
+        from medrecipe.shards import shard_file
+
+        return self.path(name) / shard_file(shard, n_shards)
+
+    def read_shard(self, name: str, shard: int, n_shards: int, schema: pa.Schema | None = None,
+                   columns: list[str] | None = None) -> pa.Table:
+        """One shard of an output; an output written as one file counts as shard 0 of 1
+        and is filtered to the shard's rows otherwise. Missing: an empty table of `schema`."""
+        p = self.path(name)
+        if p.is_dir():
+            sp = self.shard_path(name, shard, n_shards)
+            if sp.exists():
+                return pq.read_table(sp, columns=columns)
+        elif p.exists():
+            from medrecipe.shards import split_by_shard
+
+            table = pq.read_table(p, columns=columns)
+            key = "item_id" if "item_id" in table.column_names else "id"
+            return split_by_shard(table, n_shards, key).get(shard, table.slice(0, 0))
+        if schema is None:
+            raise FileNotFoundError(f"{p}: no shard {shard} of {n_shards}")
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
 
     def num_rows(self, name: str) -> int:
-        return pq.ParquetFile(self.path(name)).metadata.num_rows if self.has(name) else 0
+        """Rows of an output (a Parquet file or a folder of shards), from the footers."""
+        from medrecipe.shards import num_rows
+
+        return num_rows(self.path(name)) if self.has(name) else 0
 
     # ------------------------------------------------------------------ quarantine
     def quarantine_path(self, stage: str) -> Path:
@@ -298,3 +328,124 @@ def run_stage(run: Run, name: str, config_hash: str, inputs: dict[str, str],
                       finished_at=time.time(), complete=result.complete, extra=result.extra)
     run.record_stage(rec)
     return True, rec
+
+
+# --------------------------------------------------------------------------- sharded stages
+
+
+def merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-shard stats merged: numbers add up, dicts merge key by key, other values keep the
+    first one that is set (a stop reason, a config echo)."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for k, v in part.items():
+            if isinstance(v, bool) or v is None or isinstance(v, str):
+                if out.get(k) is None:
+                    out[k] = v
+            elif isinstance(v, int | float):
+                out[k] = out.get(k, 0) + v
+            elif isinstance(v, dict):
+                out[k] = merge_stats([out.get(k) or {}, v])
+            elif isinstance(v, list):
+                out[k] = list(out.get(k) or []) + list(v)
+            else:
+                out.setdefault(k, v)
+    return out
+
+
+def _progress_path(run: Run, name: str) -> Path:
+    return run.root / "progress" / f"{name}.jsonl"
+
+
+def _read_progress(run: Run, name: str, fp: str) -> dict[int, dict[str, Any]]:
+    """Shards of stage `name` already finished with fingerprint `fp` (last line wins)."""
+    path = _progress_path(run, name)
+    done: dict[int, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if rec.get("fingerprint") == fp:
+            done[int(rec["shard"])] = rec
+    return done
+
+
+def _append_progress(run: Run, name: str, rec: dict[str, Any]) -> None:
+    path = _progress_path(run, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_sharded_stage(run: Run, name: str, config_hash: str, inputs: dict[str, str],
+                      outputs: Sequence[str], fn: Callable[[Any], Any], n_shards: int,
+                      executor: Any, payload: Any = None, *, force: bool = False,
+                      summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+                      ) -> tuple[bool, StageRecord]:
+    """Run a stage shard by shard on `executor`, resuming from its last complete shard.
+
+    `fn(ShardJob) -> ShardOutcome` reads shard i of the stage's inputs and writes shard i of
+    each of `outputs` (`shards.shard_file(i, n)` inside `run.path(output)`). Each finished
+    shard is appended to `<run>/progress/<stage>.jsonl` with the stage fingerprint; a re-run
+    with the same fingerprint skips those shards (a shard that came back incomplete, e.g.
+    stopped by the budget or with failed requests, is done again). A different fingerprint
+    starts over and first removes the old shards. `summarize` turns the per-shard stats
+    into the stage record's `extra` (default: `merge_stats`).
+    """
+    from medrecipe.executors import ShardJob
+    from medrecipe.shards import shard_file
+
+    fp = fingerprint(name, config_hash, {**inputs, "_shards": str(n_shards)})
+    rec = run.stage(name)
+    if not force and rec is not None and rec.complete and rec.fingerprint == fp \
+            and all(run.path(o).is_dir() for o in outputs):
+        return False, rec
+    done = {} if force else _read_progress(run, name, fp)
+    done = {i: d for i, d in done.items() if d.get("complete")
+            and all((run.path(o) / shard_file(i, n_shards)).exists() for o in outputs)}
+    if not done:
+        for o in outputs:  # shards of another fingerprint (or shard count) must not mix in
+            p = run.path(o)
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        _progress_path(run, name).unlink(missing_ok=True)
+    # The record says "running" before any shard changes: a kill leaves a stage that is
+    # not up to date, and the progress file says which shards are already done.
+    running = StageRecord(name=name, fingerprint=fp, config_hash=config_hash, inputs=dict(inputs),
+                          complete=False, extra={"n_shards": n_shards, "running": True,
+                                                 "resumed_shards": len(done)})
+    run.record_stage(running)
+    resumed = len(done)
+    jobs = [ShardJob(name, i, n_shards, str(run.root), payload)
+            for i in range(n_shards) if i not in done]
+    t0 = time.perf_counter()
+    run.active = name  # left set when a shard fails: it names what was interrupted
+    for out in executor.map(fn, jobs):
+        entry = {"fingerprint": fp, "shard": out.shard, "rows": out.rows,
+                 "complete": out.complete, "stats": out.stats}
+        _append_progress(run, name, entry)
+        done[out.shard] = entry
+    run.active = None
+    parts = [done[i] for i in sorted(done)]
+    rows: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["rows"].items():
+            rows[k] = rows.get(k, 0) + int(v)
+    stats = [p["stats"] for p in parts]
+    extra = (summarize or merge_stats)(stats)
+    extra["n_shards"] = n_shards
+    extra["resumed_shards"] = resumed  # shards kept from an interrupted earlier run
+    final = StageRecord(name=name, fingerprint=fp, config_hash=config_hash, inputs=dict(inputs),
+                        rows=rows, seconds=round(time.perf_counter() - t0, 3),
+                        finished_at=time.time(),
+                        complete=all(p["complete"] for p in parts) and len(parts) == n_shards,
+                        extra=extra)
+    run.record_stage(final)
+    return True, final

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +25,8 @@ from medrecipe.locks import PathLock
 CACHE_FILE = "requests.sqlite"
 KEY_VERSION = 1
 
-__all__ = ["CACHE_FILE", "RequestCache", "base_key", "request_key", "sample_key"]
+__all__ = ["CACHE_FILE", "RequestCache", "ShardCache", "base_key", "request_key", "sample_key",
+           "shard_cache_path"]
 
 
 def _canonical(obj: Any) -> str:
@@ -90,8 +92,9 @@ class RequestCache:
     def __repr__(self) -> str:
         return f"RequestCache({str(self.path)!r})"
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Stored records for the keys that are present."""
+    def get_many(self, keys: Sequence[str], item_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Stored records for the keys that are present (`item_id`: what they belong to)."""
+        del item_id  # used by ShardCache to find answers stored under another layout
         out: dict[str, dict[str, Any]] = {}
         keys = list(keys)
         for i in range(0, len(keys), 500):
@@ -142,3 +145,80 @@ class RequestCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SHARD_CACHE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.sqlite$")
+
+
+def shard_cache_path(folder: str | Path, shard: int, n_shards: int) -> Path:
+    """The cache file of one data shard (`requests.sqlite` when there is one shard)."""
+    folder = Path(folder)
+    if n_shards <= 1:
+        return folder / CACHE_FILE
+    return folder / f"shard-{shard:05d}-of-{n_shards:05d}.sqlite"
+
+
+class ShardCache(RequestCache):
+    """The request cache of one data shard: one SQLite file, written by one process.
+
+    A run's cache is sharded like its data (shard i of n answers the items of shard i), so
+    no SQLite file is written from several machines. Answers stored under another shard
+    layout of the same folder (an earlier run with another shard count, or the single
+    `requests.sqlite` of an unsharded run) are found too: a miss looks the key up in the file
+    the item maps to under each other layout (read-only) and copies what it finds, so a
+    changed shard count never pays for a request twice.
+    """
+
+    def __init__(self, folder: str | Path, shard: int, n_shards: int):
+        self.folder = Path(folder)
+        self.shard, self.n_shards = shard, n_shards
+        super().__init__(shard_cache_path(self.folder, shard, n_shards))
+        self._layouts: set[int] = set()
+        for p in self.folder.glob("*.sqlite"):
+            m = _SHARD_CACHE.match(p.name)
+            other = int(m.group(2)) if m else (1 if p.name == CACHE_FILE else None)
+            if other is not None and other != n_shards:
+                self._layouts.add(other)
+        self._readers: dict[Path, sqlite3.Connection] = {}
+
+    def get_many(self, keys: Sequence[str], item_id: str | None = None) -> dict[str, dict[str, Any]]:
+        hits = super().get_many(keys)
+        missing = [k for k in keys if k not in hits]
+        if not missing or not self._layouts:
+            return hits
+        from medrecipe.shards import shard_of
+
+        for n in sorted(self._layouts):
+            shards = [shard_of(item_id, n)] if item_id is not None else range(n)
+            for s in shards:
+                found = self._read_other(shard_cache_path(self.folder, s, n), missing)
+                if found:
+                    self.put_many(found.items())
+                    hits.update(found)
+                    missing = [k for k in missing if k not in found]
+                if not missing:
+                    return hits
+        return hits
+
+    def _read_other(self, path: Path, keys: list[str]) -> dict[str, dict[str, Any]]:
+        if not path.exists():
+            return {}
+        db = self._readers.get(path)
+        if db is None:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60.0,
+                                 check_same_thread=False)
+            self._readers[path] = db
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for k, data in db.execute(f"SELECT key, data FROM responses WHERE key IN ({marks})",
+                                      chunk):
+                out[k] = json.loads(data)
+        return out
+
+    def close(self) -> None:
+        for db in self._readers.values():
+            db.close()
+        self._readers.clear()
+        super().close()

@@ -352,7 +352,7 @@ class _Run:
         sampling = req.sampling or cfg.sampling
         base = base_key(cfg.backend, cfg.model, sampling, req.messages, image_refs(req.messages))
         keys = [sample_key(base, i) for i in range(req.n)]
-        hits = self.cache.get_many(keys) if self.cache is not None else {}
+        hits = self.cache.get_many(keys, item_id=req.item_id) if self.cache is not None else {}
         led = self._ledger(t.name)
         done = 0
         for i, k in enumerate(keys):

@@ -11,7 +11,7 @@ import pyarrow as pa
 from medrecipe.config import GenerateConfig, TeacherConfig
 from medrecipe.errors import UserError
 from medrecipe.generate.backends import Backend
-from medrecipe.generate.engine import Engine, GenRequest
+from medrecipe.generate.engine import Engine, EngineResult, GenRequest
 from medrecipe.prompts import PromptTemplate, load_template
 from medrecipe.schema import GENERATION_SCHEMA, Generation, items_from_table, to_table
 from medrecipe.store import Run, StageResult
@@ -19,7 +19,8 @@ from medrecipe.store import Run, StageResult
 if TYPE_CHECKING:
     from medrecipe.images import ImageStore
 
-__all__ = ["build_requests", "generate_stage", "route"]
+__all__ = ["build_requests", "engine_extra", "generate_items", "generate_stage", "route",
+           "used_templates"]
 
 
 def route(task: str, routes: Mapping[str, str], teachers: Mapping[str, TeacherConfig]) -> str:
@@ -53,32 +54,36 @@ def build_requests(items: pa.Table, teachers: Mapping[str, TeacherConfig],
                              template_hash=tpl.hash)
 
 
-def generate_stage(items: pa.Table, teachers: Mapping[str, TeacherConfig], config: GenerateConfig,
-                   run: Run, images: ImageStore | None, *, progress: bool | None = None,
-                   backends: Mapping[str, Backend] | None = None,
-                   output: str = "generations") -> StageResult:
-    """Sample `config.n` responses per item from its routed teacher; write `output` Parquet."""
+def used_templates(items: pa.Table, teachers: Mapping[str, TeacherConfig],
+                   config: GenerateConfig) -> dict[str, PromptTemplate]:
+    """The loaded template of every teacher the items route to (a bad one fails here, first)."""
     tasks = set(items.column("task").to_pylist()) if items.num_rows else set()
     used = {route(t, config.routes, teachers) for t in sorted(tasks)}
-    # Load every template first: a bad template fails before any request is sent.
-    templates = {name: load_template(teachers[name].template) for name in sorted(used)}
-    template_info = {name: {"template": t.name, "hash": t.hash, "origin": t.origin}
-                     for name, t in templates.items()}
-    known = dict(run.manifest.get("prompt_templates", {}))
-    known.update({f"generate.{name}": info["hash"] for name, info in template_info.items()})
-    run.set_meta(prompt_templates=known)
+    return {name: load_template(teachers[name].template) for name in sorted(used)}
 
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run.root / "cache"
-    engine = Engine({k: teachers[k] for k in used}, cache_dir, images=images,
-                    budget_usd=config.budget_usd, progress=progress, backends=backends,
-                    description="generate")
-    with run.writer(output, GENERATION_SCHEMA) as sink:
-        def write(batch: list[Generation]) -> None:
-            sink.write(to_table(batch, GENERATION_SCHEMA))
 
-        result = engine.run(build_requests(items, teachers, config, templates), sink=write,
-                            total=items.num_rows * config.n)
-        rows = sink.rows
+def generate_items(items: pa.Table, teachers: Mapping[str, TeacherConfig], config: GenerateConfig,
+                   cache, images: ImageStore | None, write, *, progress: bool | None = None,
+                   backends: Mapping[str, Backend] | None = None, budget_usd: float | None = None,
+                   description: str = "generate") -> tuple[EngineResult, dict[str, dict]]:
+    """Run `config.n` samples per item through the engine, passing batches to `write`.
+
+    `cache` is a RequestCache, or a folder / .sqlite path. Returns the engine's result and
+    the template of each teacher used ({teacher: {template, hash, origin}}).
+    """
+    templates = used_templates(items, teachers, config)
+    info = {name: {"template": t.name, "hash": t.hash, "origin": t.origin}
+            for name, t in templates.items()}
+    engine = Engine({k: teachers[k] for k in templates}, cache, images=images,
+                    budget_usd=budget_usd, progress=progress, backends=backends,
+                    description=description)
+    result = engine.run(build_requests(items, teachers, config, templates), sink=write,
+                        total=items.num_rows * config.n)
+    return result, info
+
+
+def engine_extra(result: EngineResult, template_info: dict[str, dict] | None = None) -> dict:
+    """What the manifest keeps of one engine run."""
     extra = {
         "spend_usd": round(result.spend_usd, 8),
         "cost_usd_total": round(result.cost_usd_total, 8),
@@ -88,7 +93,31 @@ def generate_stage(items: pa.Table, teachers: Mapping[str, TeacherConfig], confi
         "not_launched": result.not_launched,
         "stopped": result.stopped,
         "by_teacher": result.by_teacher,
-        "template_hashes": template_info,
     }
+    if template_info is not None:
+        extra["template_hashes"] = template_info
+    return extra
+
+
+def generate_stage(items: pa.Table, teachers: Mapping[str, TeacherConfig], config: GenerateConfig,
+                   run: Run, images: ImageStore | None, *, progress: bool | None = None,
+                   backends: Mapping[str, Backend] | None = None,
+                   output: str = "generations") -> StageResult:
+    """Sample `config.n` responses per item from its routed teacher; write `output` Parquet."""
+    # Load every template first: a bad template fails before any request is sent.
+    templates = used_templates(items, teachers, config)
+    known = dict(run.manifest.get("prompt_templates", {}))
+    known.update({f"generate.{name}": t.hash for name, t in templates.items()})
+    run.set_meta(prompt_templates=known)
+
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run.root / "cache"
+    with run.writer(output, GENERATION_SCHEMA) as sink:
+        def write(batch: list[Generation]) -> None:
+            sink.write(to_table(batch, GENERATION_SCHEMA))
+
+        result, info = generate_items(items, teachers, config, cache_dir, images, write,
+                                      progress=progress, backends=backends,
+                                      budget_usd=config.budget_usd)
+        rows = sink.rows
     return StageResult(rows={output: rows}, complete=result.complete and result.failures == 0,
-                       extra=extra)
+                       extra=engine_extra(result, info))

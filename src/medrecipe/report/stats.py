@@ -58,11 +58,20 @@ class RunTables:
 
 
 def _read(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    """A Parquet file or a folder of shards (only the columns it has), or None."""
+    from medrecipe.shards import iter_batches
+
     if not path.exists():
         return None
-    names = pq.ParquetFile(path).schema_arrow.names
-    cols = [c for c in columns if c in names] if columns else None
-    return pq.read_table(path, columns=cols)
+    parts = list(iter_batches(path, 65_536, columns))
+    if parts:
+        return pa.concat_tables(parts)
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if not files:
+        return None
+    schema = pq.read_schema(files[0])
+    cols = [c for c in columns if c in schema.names] if columns else schema.names
+    return schema.empty_table().select(cols)
 
 
 def load_run_tables(run: Run | str | Path) -> RunTables:
@@ -70,7 +79,9 @@ def load_run_tables(run: Run | str | Path) -> RunTables:
     if not isinstance(run, Run):
         run = Run(run, create=False)
     root = run.root
-    items = _read(run.path("items"), ITEM_COLUMNS)
+    items = _read(run.path("items_labelled"), ITEM_COLUMNS)
+    if items is None:
+        items = _read(run.path("items"), ITEM_COLUMNS)
     if items is None:
         parts = [_read(p, ITEM_COLUMNS) for p in sorted((root / "ingest").glob("*.parquet"))]
         parts = [p for p in parts if p is not None]
