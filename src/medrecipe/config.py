@@ -129,6 +129,13 @@ class TeacherConfig(_Model):
     dtype: str | None = None
 
 
+# TeacherConfig fields that change how requests are sent, never what comes back: left out of
+# stage fingerprints so tuning limits or prices re-runs nothing.
+TEACHER_RUNTIME_FIELDS = frozenset({"price", "max_in_flight", "requests_per_minute",
+                                    "tokens_per_minute", "max_retries", "timeout_s",
+                                    "backoff_base_s", "backoff_max_s", "http_transport"})
+
+
 class GenerateConfig(_Model):
     n: int = Field(default=16, ge=1)
     routes: dict[str, str] = Field(default_factory=dict)  # task -> teacher name; "*" default
