@@ -184,30 +184,41 @@ def positional(option: str, finding: str | None = None) -> bool:
     return not (named and all(w in words for w in named))
 
 
-def check_question(q: WrittenQuestion, category: Category, cfg: ChecksConfig,
-                   planned_answer: str | None = None) -> list[str]:
-    """Reasons a written question fails the code checks (empty: it passes)."""
-    reasons: list[str] = []
+def check_details(q: WrittenQuestion, category: Category, cfg: ChecksConfig,
+                  planned_answer: str | None = None) -> list[tuple[str, str]]:
+    """(reason, what exactly failed) for every code check a written question fails."""
+    out: list[tuple[str, str]] = []
     if cfg.options:
         normed = [norm_text(o) for o in q.options]
         if len(set(normed)) != len(normed):
-            reasons.append("duplicate_options")
+            dup = next(o for o, n in zip(q.options, normed, strict=True) if normed.count(n) > 1)
+            out.append(("duplicate_options", f"the option {dup!r} appears more than once"))
         elif not _plausible_options(q, cfg):
-            reasons.append("single_plausible_option")
+            out.append(("single_plausible_option", "only the correct option is plausible "
+                        "(placeholders, or it is far longer than every distractor)"))
     if cfg.leakage:
         # A binary format's options (Yes, Normal, ...) are words a stem may need.
         binary = {norm_text(o) for o in BINARY_OPTIONS.get(q.answer_format, ())}
         findings = [k for k in (q.key_finding, planned_answer) if k and norm_text(k) not in binary]
+        leaked = next((k for k in findings if leaks(q.stem, k, cfg.min_leak_chars)), None)
         if q.answer_format == "mcq" and leaks(q.stem, q.answer_text, cfg.min_leak_chars):
-            reasons.append("leakage_answer")
-        elif any(leaks(q.stem, k, cfg.min_leak_chars) for k in findings):
-            reasons.append("leakage_key_finding")
+            out.append(("leakage_answer", f"the stem contains the correct option "
+                                          f"{q.answer_text!r}"))
+        elif leaked is not None:
+            out.append(("leakage_key_finding", f"the stem gives away the key finding {leaked!r}"))
     if cfg.positional and category.positional:
-        if not all(positional(o, q.key_finding or planned_answer) for o in q.options):
-            reasons.append("spatial_not_positional")
+        bad = [o for o in q.options if not positional(o, q.key_finding or planned_answer)]
+        if bad:
+            out.append(("spatial_not_positional", f"options that are not positions: {bad}"))
         if "the finding" not in norm_text(q.stem):
-            reasons.append("spatial_names_finding")
-    return reasons
+            out.append(("spatial_names_finding", "a spatial stem must call it \"the finding\""))
+    return out
+
+
+def check_question(q: WrittenQuestion, category: Category, cfg: ChecksConfig,
+                   planned_answer: str | None = None) -> list[str]:
+    """Reasons a written question fails the code checks (empty: it passes)."""
+    return [r for r, _ in check_details(q, category, cfg, planned_answer)]
 
 
 # --------------------------------------------------------------------------- probe and items

@@ -673,15 +673,15 @@ def checks_stage(ctx: CurateContext, upstream: str) -> str:
         removed: Counter = Counter()
         written = written_questions(ctx.run)
         for row, q in written:
-            reasons = qmod.check_question(q, taxonomy.get(row["category"]), cfg,
-                                          planned.get(row["candidate_id"]))
+            found = qmod.check_details(q, taxonomy.get(row["category"]), cfg,
+                                       planned.get(row["candidate_id"]))
             rows.append({"candidate_id": row["candidate_id"], "source": row["source"],
-                         "kept": not reasons, "reasons": reasons})
-            if reasons:
-                removed[reasons[0]] += 1
+                         "kept": not found, "reasons": [r for r, _ in found]})
+            if found:
+                removed[found[0][0]] += 1
                 quarantine.append(quarantine_row(
-                    "curate.checks", row["source"], row["candidate_id"], reasons[0],
-                    ", ".join(reasons), q.model_dump()))
+                    "curate.checks", row["source"], row["candidate_id"], found[0][0],
+                    "; ".join(f"{r}: {d}" for r, d in found), q.model_dump()))
         ctx.run.write_table(CHECKS, pa.Table.from_pylist(rows, schema=CHECK_SCHEMA))
         ctx.run.write_quarantine("curate.checks", quarantine)
         n_out = sum(1 for r in rows if r["kept"])

@@ -11,8 +11,8 @@ record, so a user can change thresholds and re-run without decoding anything aga
 | `aspect_ratio` | long side / short side (>= 1) |
 | `border_white_fraction` | share of near-white pixels (grey >= 235) in the outer band (4 % of each side) |
 | `sharpness` | variance of the 4-neighbour Laplacian of the grey analysis image |
-| `top_octave_ratio` | detail in the finest half-octave (a sqrt(2) down/up round trip) over the strongest coarser half-octave |
-| `effective_resolution` | short side at which the image's detail starts: short side / sqrt(2)^k for the first half-octave k holding detail (px) |
+| `top_octave_ratio` | detail lost by a 2x down/up round trip, over that lost by the same trip one octave coarser |
+| `effective_resolution` | short side / 2^k, k the number of finest octaves without real detail (ratio < 0.3) (px) |
 | `jpeg_quality` | quality (1-100) estimated from the JPEG luminance quantisation table; NaN if not JPEG |
 | `blockiness` | mean step across 8x8 block edges over the mean step elsewhere; NaN for JPEG files |
 | `analysis_scale` | analysis image width / original width (reduced-size decoding and reduction) |
@@ -44,7 +44,7 @@ from medrecipe.images import decode_image_bytes, is_dicom
 ANALYSIS_SIDE = 1024
 BORDER_BAND = 0.04  # band width as a share of each side
 NEAR_WHITE = 235  # grey level from which a pixel counts as near-white
-OCTAVE_DETAIL = 0.15  # octave ratio from which an octave holds real detail
+OCTAVE_DETAIL = 0.3  # octave energy ratio from which an octave holds real detail
 ROUND_TRIPS = 3  # pyramid levels below the analysis image (factors up to 16)
 BLOCK_MAX_SIDE = 2048  # blockiness reads at most this crop of the native image
 
@@ -105,26 +105,14 @@ def border_white_fraction(grey: np.ndarray, band: float = BORDER_BAND,
     return float((white.sum() - inner.sum()) / band_pixels)
 
 
-def _round_trip(cur: Image.Image, factor: float) -> tuple[float, Image.Image]:
-    """Mean squared detail lost by shrinking by `factor` (box) and enlarging back (bilinear)."""
-    w, h = cur.size
-    if factor == 2:
-        down = cur.reduce(2)
-    else:
-        down = cur.resize((max(1, round(w / factor)), max(1, round(h / factor))),
-                          Image.Resampling.BOX)
-    up = down.resize((w, h), Image.Resampling.BILINEAR)
-    diff = np.asarray(cur, dtype=np.float32) - np.asarray(up, dtype=np.float32)
-    return float(np.mean(diff * diff)), down
+def octave_energies(grey: np.ndarray, octaves: int = ROUND_TRIPS + 1) -> list[float]:
+    """Mean squared detail lost by a 2x round trip (box down, bilinear up) per pyramid level.
 
-
-def detail_bands(grey: np.ndarray, octaves: int = ROUND_TRIPS + 1) -> list[float]:
-    """Detail energy per half-octave band, finest first (from round trips on a 2x pyramid).
-
-    Band 2k holds what a round trip by sqrt(2) loses at pyramid level k, band 2k+1 what a
-    round trip by 2 loses beyond that. Energies are per pixel, so levels compare directly.
+    Energies are per pixel of their level, so levels compare directly: natural detail and
+    noise keep the finer octaves within a small factor of the coarser ones, while an image
+    enlarged from a smaller one has almost nothing in the octaves above its true size.
     """
-    bands: list[float] = []
+    energies: list[float] = []
     cur = Image.fromarray(grey, "F")
     for _ in range(octaves):
         w, h = cur.size
@@ -133,25 +121,23 @@ def detail_bands(grey: np.ndarray, octaves: int = ROUND_TRIPS + 1) -> list[float
             break
         if (w2, h2) != (w, h):
             cur = cur.crop((0, 0, w2, h2))
-        half, _ = _round_trip(cur, math.sqrt(2))
-        full, down = _round_trip(cur, 2)
-        bands += [half, max(full - half, 0.0)]
+        down = cur.reduce(2)
+        up = down.resize((w2, h2), Image.Resampling.BILINEAR)
+        diff = np.asarray(cur, dtype=np.float32) - np.asarray(up, dtype=np.float32)
+        energies.append(float(np.mean(diff * diff)))
         cur = down
-    return bands
+    return energies
 
 
 def round_trip_measures(grey: np.ndarray) -> tuple[float, float]:
     """(top_octave_ratio, effective_resolution) of a grey analysis image."""
     short = min(grey.shape)
-    b = detail_bands(grey)
-    if len(b) < 2:
+    e = octave_energies(grey)
+    if len(e) < 2:
         return float("nan"), float(short)
-    # A band holds real detail when its energy is not negligible next to the strongest
-    # coarser band: an image enlarged 4x has almost nothing in its four finest half-octaves,
-    # whatever the interpolation kernel, while natural detail spreads over all of them.
-    ratios = [b[i] / max(max(b[i + 1:]), 1e-9) for i in range(len(b) - 1)]
+    ratios = [e[k] / e[k + 1] if e[k + 1] > 1e-9 else 0.0 for k in range(len(e) - 1)]
     k = next((i for i, r in enumerate(ratios) if r >= OCTAVE_DETAIL), len(ratios))
-    return float(ratios[0]), float(short / math.sqrt(2) ** k)
+    return float(ratios[0]), float(short / 2 ** k)
 
 
 def blockiness(grey: np.ndarray, block: int = 8) -> float:
@@ -248,13 +234,14 @@ class VisualCheck:
     measure: str
     threshold: str  # VisualConfig field
     minimum: bool  # True: the measure must be >= threshold; False: <= threshold
+    geometry: bool = False  # size and layout checks, reported before the pixel checks
 
 
-# Order matters only for which reason a record is quarantined under when several fail.
 CHECKS: tuple[VisualCheck, ...] = (
-    VisualCheck("too_small", "short_side", "min_short_side", True),
-    VisualCheck("aspect_ratio", "aspect_ratio", "max_aspect_ratio", False),
-    VisualCheck("padded_border", "border_white_fraction", "max_border_white_fraction", False),
+    VisualCheck("too_small", "short_side", "min_short_side", True, geometry=True),
+    VisualCheck("aspect_ratio", "aspect_ratio", "max_aspect_ratio", False, geometry=True),
+    VisualCheck("padded_border", "border_white_fraction", "max_border_white_fraction", False,
+                geometry=True),
     VisualCheck("blurry", "sharpness", "min_sharpness", True),
     VisualCheck("upsampled", "effective_resolution", "min_effective_resolution", True),
     VisualCheck("jpeg_quality", "jpeg_quality", "min_jpeg_quality", True),
@@ -264,19 +251,27 @@ CHECKS: tuple[VisualCheck, ...] = (
 
 def failed_checks_batch(columns: Mapping[str, Sequence[float]], config: VisualConfig
                         ) -> list[list[str]]:
-    """Per image, the reasons of the checks it fails (a NaN measure or null threshold passes)."""
+    """Per image, the checks it fails, main failure first (NaN or null threshold: passes).
+
+    Geometry comes first (too_small, aspect_ratio, padded_border, in that order); the pixel
+    checks after them are ordered by how far the measure lies beyond its threshold (the log
+    of their ratio), so an enlarged thumbnail is "upsampled" first although it is also soft,
+    and a blurred photograph "blurry" first although it also lacks fine detail.
+    """
     n = len(next(iter(columns.values()))) if columns else 0
-    out: list[list[str]] = [[] for _ in range(n)]
-    for c in CHECKS:
+    found: list[list[tuple[float, int, str]]] = [[] for _ in range(n)]
+    for order, c in enumerate(CHECKS):
         limit = getattr(config, c.threshold)
         if limit is None or c.measure not in columns:
             continue
         v = np.asarray(columns[c.measure], dtype=np.float64)
-        with np.errstate(invalid="ignore"):  # NaN compares False: the check does not apply
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN compares False
             bad = (v < limit) if c.minimum else (v > limit)
+            margin = np.log(limit / v) if c.minimum else np.log(v / limit)
         for i in np.flatnonzero(bad):
-            out[i].append(c.reason)
-    return out
+            m = float(margin[i]) if np.isfinite(margin[i]) else math.inf
+            found[i].append((c.geometry, -m if not c.geometry else order, order, c.reason))
+    return [[x[-1] for x in sorted(f, key=lambda x: (not x[0], x[1], x[2]))] for f in found]
 
 
 def failed_checks(measures: Mapping[str, float], config: VisualConfig) -> list[str]:
