@@ -215,14 +215,24 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def map_fields(rec: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
-    """FigureRecord fields of one raw record (image kept as its raw payload)."""
-    out: dict[str, Any] = {"image": get_path(rec, mapping.get("image", "image"))}
+def map_fields(rec: dict[str, Any], mapping: dict[str, str], identity: bool = True
+               ) -> dict[str, Any]:
+    """FigureRecord fields of one raw record (image kept as its raw payload).
+
+    A field missing from `mapping` reads the column of its own name when `identity` is on
+    (the generic adapter), and stays empty otherwise (presets name every column they read).
+    """
+
+    def col(field: str) -> Any:
+        column = mapping.get(field, field if identity else None)
+        return get_path(rec, column) if column else None
+
+    out: dict[str, Any] = {"image": col("image")}
     for f in ("sub_caption", "caption", "article_id", "figure_id", "panel", "license",
               "modality"):
-        out[f] = _text(get_path(rec, mapping.get(f, f)))
-    out["references"] = text_list(get_path(rec, mapping.get("references", "references")))
-    native = get_path(rec, mapping.get("id", "id"))
+        out[f] = _text(col(f))
+    out["references"] = text_list(col("references"))
+    native = col("id")
     out["native_id"] = None if native is None else str(native)
     meta_cols = mapping.get("meta")
     out["meta"] = ({c.strip(): _jsonable(get_path(rec, c.strip())) for c in meta_cols.split(",")
@@ -230,8 +240,10 @@ def map_fields(rec: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _with_preset(spec: FigureSourceSpec, preset: dict[str, str]) -> dict[str, str]:
-    return {**preset, **spec.mapping}  # the recipe's mapping wins over the preset
+def _preset_fields(rec: dict[str, Any], spec: FigureSourceSpec, preset: dict[str, str]
+                   ) -> dict[str, Any]:
+    """Fields of a record read through a preset mapping (the recipe's mapping wins)."""
+    return map_fields(rec, {**preset, **spec.mapping}, identity=False)
 
 
 # --------------------------------------------------------------------------- adapters
@@ -262,12 +274,11 @@ OPEN_PMC_MAPPING = {
           "in-text references)", "a JSONL / Parquet file, a save_to_disk folder, or a hub id")
 def open_pmc(spec: FigureSourceSpec):
     """Raw figure rows of Open-PMC style records (column names overridable by `mapping`)."""
-    mapping = _with_preset(spec, OPEN_PMC_MAPPING)
     for idx, rec in enumerate_records(spec.reader_spec()):
         if "__reject__" in rec:
             yield idx, rec["__reject__"]
             continue
-        row = map_fields(rec, mapping)
+        row = _preset_fields(rec, spec, OPEN_PMC_MAPPING)
         if row["native_id"] is None and row["article_id"] and row["figure_id"]:
             row["native_id"] = "_".join(x for x in (row["article_id"], row["figure_id"],
                                                     row["panel"]) if x)
@@ -285,13 +296,13 @@ def pmc_oa(spec: FigureSourceSpec):
     kind = str(spec.options.get("caption_kind", "sub"))
     if kind not in ("sub", "full"):
         raise SourceError(f"source {spec.name!r}: options.caption_kind must be sub or full")
-    preset = {"image": "image", "article_id": "pmcid", "meta": "url_name",
+    preset = {"id": "id", "image": "image", "article_id": "pmcid", "meta": "url_name",
               ("sub_caption" if kind == "sub" else "caption"): "caption"}
     for idx, rec in enumerate_records(spec.reader_spec()):
         if "__reject__" in rec:
             yield idx, rec["__reject__"]
             continue
-        row = map_fields(rec, _with_preset(spec, preset))
+        row = _preset_fields(rec, spec, preset)
         name = rec.get("image")
         m = _PMC_OA_NAME.match(Path(str(name)).name) if isinstance(name, str) else None
         if m:  # PMC212319_Fig3_4.jpg: article PMC212319, figure Fig3, sub-figure 4
@@ -316,12 +327,11 @@ MEDICAT_MAPPING = {
           "the MedICaT JSONL file; image_root: the folder of <pdf_hash>_<fig_uri> images")
 def medicat(spec: FigureSourceSpec):
     """Raw figure rows of MedICaT (images named <pdf_hash>_<fig_uri>)."""
-    mapping = _with_preset(spec, MEDICAT_MAPPING)
     for idx, rec in enumerate_records(spec.reader_spec()):
         if "__reject__" in rec:
             yield idx, rec["__reject__"]
             continue
-        row = map_fields(rec, mapping)
+        row = _preset_fields(rec, spec, MEDICAT_MAPPING)
         pdf, uri = rec.get("pdf_hash"), rec.get("fig_uri")
         if "image" in spec.mapping:
             payload = row["image"]

@@ -24,9 +24,10 @@ def _figure(width: float = 7.0, height: float = 3.6) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, format="png")
     return path
 
@@ -211,7 +212,10 @@ def threshold_histograms(panels: list[tuple[str, list[float], float | None, bool
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    # A fixed grid spacing: tight_layout over many small axes costs more than the drawing.
+    fig.subplots_adjust(left=0.07, right=0.97, bottom=0.05, top=1 - 0.55 / fig.get_figheight(),
+                        hspace=0.55, wspace=0.22)
+    return _save(fig, path, tight=False)
 
 
 def funnel_chart(stages: list[dict[str, Any]], path: Path, title: str) -> Path | None:

@@ -49,7 +49,7 @@ def _rgb(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def chest(seed: int, *, pneumothorax: bool = False, nodules: int = 0, size=(384, 384),
+def chest(seed: int, *, pneumothorax: bool = False, nodules: int = 0, size=(320, 320),
           marker: str | None = None) -> Image.Image:
     """A frontal chest radiograph look-alike (patient's right on image left)."""
     rng = np.random.default_rng(seed)
@@ -94,7 +94,7 @@ def chest(seed: int, *, pneumothorax: bool = False, nodules: int = 0, size=(384,
     return out
 
 
-def axial(seed: int, kind: str, size=(384, 352)) -> Image.Image:
+def axial(seed: int, kind: str, size=(320, 288)) -> Image.Image:
     """An axial CT / MRI slice look-alike: body outline, organs, one lesion by `kind`."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -147,7 +147,7 @@ def axial(seed: int, kind: str, size=(384, 352)) -> Image.Image:
     return out
 
 
-def fundus(seed: int, size=(384, 384)) -> Image.Image:
+def fundus(seed: int, size=(320, 320)) -> Image.Image:
     """A fundus photograph look-alike with dot-blot haemorrhages and hard exudates."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -179,7 +179,7 @@ def fundus(seed: int, size=(384, 384)) -> Image.Image:
 
 
 def histology(seed: int, *, granuloma: bool = False, steatosis: bool = False,
-              size=(384, 384)) -> Image.Image:
+              size=(320, 320)) -> Image.Image:
     """An H&E section look-alike: pink stroma, purple nuclei, a granuloma or fat droplets."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -205,10 +205,10 @@ def histology(seed: int, *, granuloma: bool = False, steatosis: bool = False,
             x, y = rng.uniform(0, w), rng.uniform(0, h)
             rr = rng.uniform(6, 14)
             d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=(248, 242, 246))
-    return _rgb(np.asarray(img, np.float32) + rng.normal(0, 4, (h, w, 3)))
+    return _rgb(np.asarray(img, np.float32) + rng.normal(0, 2, (h, w, 3)))
 
 
-def ultrasound(seed: int, size=(416, 352)) -> Image.Image:
+def ultrasound(seed: int, size=(352, 288)) -> Image.Image:
     """A sector ultrasound look-alike: speckle, an anechoic gallbladder with shadowing stones."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -227,7 +227,7 @@ def ultrasound(seed: int, size=(416, 352)) -> Image.Image:
     return _grey(np.asarray(_grey(img).filter(ImageFilter.GaussianBlur(0.7)), np.float32))
 
 
-def wrist(seed: int, size=(320, 416)) -> Image.Image:
+def wrist(seed: int, size=(288, 352)) -> Image.Image:
     """A lateral wrist radiograph look-alike with an angulated distal radius fracture."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -245,7 +245,7 @@ def wrist(seed: int, size=(320, 416)) -> Image.Image:
     return _grey(arr)
 
 
-def dermoscopy(seed: int, size=(384, 384)) -> Image.Image:
+def dermoscopy(seed: int, size=(320, 320)) -> Image.Image:
     """A dermoscopy look-alike: an asymmetric pigmented lesion with a blue-white area."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -267,7 +267,7 @@ def dermoscopy(seed: int, size=(384, 384)) -> Image.Image:
     return _rgb(np.asarray(img, np.float32) + rng.normal(0, 3, (h, w, 3)))
 
 
-def endoscopy(seed: int, size=(384, 352)) -> Image.Image:
+def endoscopy(seed: int, size=(320, 288)) -> Image.Image:
     """An endoscopy frame look-alike: gastric folds and a clean-based ulcer."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -284,7 +284,7 @@ def endoscopy(seed: int, size=(384, 352)) -> Image.Image:
     return _rgb(mucosa + rng.normal(0, 3, (h, w, 3)))
 
 
-def knee_mri(seed: int, size=(352, 384)) -> Image.Image:
+def knee_mri(seed: int, size=(288, 320)) -> Image.Image:
     """A sagittal knee MRI look-alike with a dark meniscus and a bright tear line."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -298,7 +298,7 @@ def knee_mri(seed: int, size=(352, 384)) -> Image.Image:
     return _grey(img + _noise(rng, h, w, 5))
 
 
-def diagram(seed: int, size=(448, 352)) -> Image.Image:
+def diagram(seed: int, size=(384, 288)) -> Image.Image:
     """A study flow diagram: boxes joined by arrows on a pale blue slide background."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -319,9 +319,8 @@ def diagram(seed: int, size=(448, 352)) -> Image.Image:
     return _rgb(np.asarray(img, np.float32) + rng.normal(0, 3, (h, w, 3)))
 
 
-def ecg(seed: int, size=(1800, 300)) -> Image.Image:
+def ecg(seed: int, size=(1200, 300)) -> Image.Image:
     """A long rhythm strip on pink grid paper (far wider than high)."""
-    rng = np.random.default_rng(seed)
     w, h = size
     img = Image.new("RGB", (w, h), (250, 222, 222))
     d = ImageDraw.Draw(img)
@@ -333,7 +332,7 @@ def ecg(seed: int, size=(1800, 300)) -> Image.Image:
     beat = (xs % 200).astype(np.float32)
     trace = 0.55 * h - 90 * np.exp(-((beat - 60) / 4) ** 2) + 15 * np.exp(-((beat - 130) / 14) ** 2)
     d.line(list(zip(xs.tolist(), trace.tolist(), strict=True)), fill=(20, 20, 20), width=2)
-    return _rgb(np.asarray(img, np.float32) + rng.normal(0, 2, (h, w, 3)))
+    return img
 
 
 def slide(seed: int) -> Image.Image:
@@ -347,7 +346,7 @@ def slide(seed: int) -> Image.Image:
     return img
 
 
-def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 88) -> bytes:
+def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 75) -> bytes:
     buf = io.BytesIO()
     if fmt == "JPEG":
         img.save(buf, "JPEG", quality=quality)
@@ -538,7 +537,7 @@ RECORDS = [
     record("d25", "PMC9000125", "F1", None, "ct",
            "Axial non-contrast head CT: a crescentic hyperdense collection along the right "
            "convexity.", "Figure 1. Fall in an 81-year-old woman on warfarin.",
-           ["CT showed an acute right subdural haematoma (Figure 1)."], image="png"),
+           ["CT showed an acute right subdural haematoma (Figure 1)."]),
     record("d26", "PMC9000126", "F4", None, "pathology",
            "H&E section of a lymph node with a caseating granuloma.",
            "Figure 4. Mediastinal lymphadenopathy in a 29-year-old man.",
@@ -550,7 +549,7 @@ RECORDS = [
     record("d28", "PMC9000128", "F1", None, "ecg",
            "Lead II rhythm strip: regular narrow-complex rhythm at 75 beats per minute.",
            "Figure 1. Palpitations in a 33-year-old woman.",
-           ["The rhythm strip during symptoms showed sinus rhythm (Figure 1)."]),
+           ["The rhythm strip during symptoms showed sinus rhythm (Figure 1)."], image="png"),
     record("d29", "PMC9000129", "F3", None, "fundus",
            "Fundus photograph with dot and blot haemorrhages and hard exudates.",
            "Figure 3. Diabetic retinopathy screening in a 61-year-old woman.",
@@ -574,39 +573,41 @@ def draw_images() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     for p in IMAGES.glob("*"):
         p.unlink()
+    # Smooth drawings keep quality 85: at 75 their faint noise is quantised away and they
+    # look up-sampled; textured ones compress further.
     pics: dict[str, tuple[Image.Image, str, int]] = {
-        "d01": (chest(1, pneumothorax=True, marker="arrow"), "JPEG", 88),
-        "d02": (axial(2, "liver_lesion"), "JPEG", 88),
-        "d03": (fundus(3), "JPEG", 88),
-        "d04": (histology(4, granuloma=True), "JPEG", 88),
-        "d05": (ultrasound(5), "JPEG", 88),
-        "d06": (axial(6, "brain_ring"), "JPEG", 88),
-        "d07": (wrist(7), "JPEG", 88),
-        "d08": (dermoscopy(8), "JPEG", 88),
-        "d09": (axial(9, "head_epidural"), "JPEG", 88),
-        "d10": (chest(10, nodules=3, marker="circles"), "JPEG", 88),
-        "d11": (endoscopy(11), "JPEG", 88),
-        "d12": (axial(12, "pe"), "JPEG", 88),
-        "d13": (histology(13, steatosis=True), "JPEG", 88),
-        "d14": (diagram(14), "JPEG", 88),
-        "d15": (chest(15), "JPEG", 88),
-        "d16": (axial(16, "plain"), "JPEG", 88),
-        "d17": (chest(17), "JPEG", 88),  # the caption describes a knee MRI
-        "d18": (axial(18, "pe"), "JPEG", 88),
-        "d19": (knee_mri(19), "JPEG", 88),
-        "d20": (axial(20, "kidney_stone"), "JPEG", 88),
-        "d21": (knee_mri(21), "JPEG", 88),
-        "d22": (axial(22, "brain_ring"), "JPEG", 88),
-        "d23": (chest(23, size=(96, 88)), "JPEG", 88),  # tiny
-        "d24": (axial(24, "liver_lesion").filter(ImageFilter.GaussianBlur(4)), "JPEG", 88),
+        "d01": (chest(1, pneumothorax=True, marker="arrow"), "JPEG", 85),
+        "d02": (axial(2, "liver_lesion"), "JPEG", 85),
+        "d03": (fundus(3), "JPEG", 75),
+        "d04": (histology(4, granuloma=True), "JPEG", 75),
+        "d05": (ultrasound(5), "JPEG", 75),
+        "d06": (axial(6, "brain_ring"), "JPEG", 85),
+        "d07": (wrist(7), "JPEG", 85),
+        "d08": (dermoscopy(8), "JPEG", 75),
+        "d09": (axial(9, "head_epidural"), "JPEG", 85),
+        "d10": (chest(10, nodules=3, marker="circles"), "JPEG", 85),
+        "d11": (endoscopy(11), "JPEG", 75),
+        "d12": (axial(12, "pe"), "JPEG", 85),
+        "d13": (histology(13, steatosis=True), "JPEG", 75),
+        "d14": (diagram(14), "JPEG", 75),
+        "d15": (chest(15), "JPEG", 85),
+        "d16": (axial(16, "plain"), "JPEG", 85),
+        "d17": (chest(17), "JPEG", 85),  # the caption describes a knee MRI
+        "d18": (axial(18, "pe"), "JPEG", 85),
+        "d19": (knee_mri(19), "JPEG", 85),
+        "d20": (axial(20, "kidney_stone"), "JPEG", 85),
+        "d21": (knee_mri(21), "JPEG", 85),
+        "d22": (axial(22, "brain_ring"), "JPEG", 85),
+        "d23": (chest(23, size=(96, 88)), "JPEG", 75),  # tiny
+        "d24": (axial(24, "liver_lesion").filter(ImageFilter.GaussianBlur(4)), "JPEG", 75),
         "d25": (axial(25, "head_epidural", size=(80, 72)).resize((400, 360),
                                                                Image.Resampling.BICUBIC),
-                "PNG", 0),  # up-sampled from a thumbnail
+                "JPEG", 85),  # up-sampled from a thumbnail
         "d26": (histology(26, granuloma=True), "JPEG", 4),  # heavily compressed
-        "d27": (slide(27), "JPEG", 88),  # padded slide
-        "d28": (ecg(28), "JPEG", 88),  # 6:1 strip
-        "d30": (chest(30), "JPEG", 88),  # present, but the record names no image
-        "d32": (chest(32), "JPEG", 88),  # present, but the record has no text
+        "d27": (slide(27), "JPEG", 75),  # padded slide
+        "d28": (ecg(28), "PNG", 0),  # 4:1 strip
+        "d30": (chest(30), "JPEG", 85),  # present, but the record names no image
+        "d32": (chest(32), "JPEG", 85),  # present, but the record has no text
     }
     for rid, (img, fmt, q) in pics.items():
         ext = "jpg" if fmt == "JPEG" else "png"
