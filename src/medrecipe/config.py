@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -206,6 +207,14 @@ class ReportConfig(_Model):
 # --------------------------------------------------------------------------- recipe
 
 
+def check_unique_names(names: Iterable[str], what: str = "source") -> None:
+    """ValueError naming the repeated ones when `names` are not unique."""
+    names = list(names)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(dupes)}")
+
+
 class Recipe(_Model):
     name: str
     run_dir: str | None = None  # default: runs/<name>
@@ -224,10 +233,7 @@ class Recipe(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        check_unique_names(s.name for s in self.sources)
         bench = {s.name for s in self.sources if s.role == "benchmark"}
         for n in self.prepare.decontaminate.against:
             if n not in bench:

@@ -30,6 +30,7 @@ from medrecipe.config import (
     SourceSpec,
     TeacherConfig,
     _Model,
+    check_unique_names,
     read_yaml,
     resolve_path,
     validate_model,
@@ -201,10 +202,7 @@ class CurateRecipe(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> CurateRecipe:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        check_unique_names(s.name for s in self.sources)
         steps: list[tuple[str, ModelStep, bool]] = [
             ("context", self.context, self.context.enabled), ("tasks", self.tasks, True),
             ("questions", self.questions, True), ("probe", self.probe, self.probe.enabled)]

@@ -43,6 +43,7 @@ from medrecipe.sources.base import (
     _display_raw,
     enumerate_records,
     image_roots,
+    literal,
     resolve_image,
 )
 
@@ -179,18 +180,8 @@ def text_list(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         s = value.strip()
-        if s.startswith("["):
-            try:
-                value = json.loads(s)
-            except json.JSONDecodeError:
-                import ast
-
-                try:
-                    value = ast.literal_eval(s)
-                except (ValueError, SyntaxError):
-                    value = [s]
-        else:
-            value = [s]
+        parsed = literal(s) if s.startswith("[") else None
+        value = parsed if parsed is not None else [s]
     if isinstance(value, dict):  # {"paragraph id": "text", ...}
         value = list(value.values())
     if not isinstance(value, list | tuple):
@@ -246,6 +237,15 @@ def _preset_fields(rec: dict[str, Any], spec: FigureSourceSpec, preset: dict[str
     return map_fields(rec, {**preset, **spec.mapping}, identity=False)
 
 
+def _mapped(spec: FigureSourceSpec, row_of: Callable[[dict[str, Any]], dict[str, Any]]):
+    """(row index, figure row or Reject) for every record of a file-backed source."""
+    for idx, rec in enumerate_records(spec.reader_spec()):
+        if "__reject__" in rec:
+            yield idx, rec["__reject__"]
+        else:
+            yield idx, row_of(rec) | {"raw": rec}
+
+
 # --------------------------------------------------------------------------- adapters
 
 
@@ -253,11 +253,7 @@ def _preset_fields(rec: dict[str, Any], spec: FigureSourceSpec, preset: dict[str
           "field mapping", "a file (jsonl, json, csv, parquet), a save_to_disk folder, or a hub id")
 def generic(spec: FigureSourceSpec):
     """Raw figure rows with FigureRecord names, or the names `mapping` gives."""
-    for idx, rec in enumerate_records(spec.reader_spec()):
-        if "__reject__" in rec:
-            yield idx, rec["__reject__"]
-            continue
-        yield idx, map_fields(rec, spec.mapping) | {"raw": rec}
+    yield from _mapped(spec, lambda rec: map_fields(rec, spec.mapping))
 
 
 OPEN_PMC_MAPPING = {
@@ -274,16 +270,16 @@ OPEN_PMC_MAPPING = {
           "in-text references)", "a JSONL / Parquet file, a save_to_disk folder, or a hub id")
 def open_pmc(spec: FigureSourceSpec):
     """Raw figure rows of Open-PMC style records (column names overridable by `mapping`)."""
-    for idx, rec in enumerate_records(spec.reader_spec()):
-        if "__reject__" in rec:
-            yield idx, rec["__reject__"]
-            continue
+
+    def row_of(rec: dict[str, Any]) -> dict[str, Any]:
         row = _preset_fields(rec, spec, OPEN_PMC_MAPPING)
         if row["native_id"] is None and row["article_id"] and row["figure_id"]:
             row["native_id"] = "_".join(x for x in (row["article_id"], row["figure_id"],
                                                     row["panel"]) if x)
         row["image"] = _locate(row["image"], spec, ("images", "figures"))
-        yield idx, row | {"raw": rec}
+        return row
+
+    yield from _mapped(spec, row_of)
 
 
 _PMC_OA_NAME = re.compile(r"^(PMC\d+)_(.+?)(?:_(\d+))?\.\w+$")
@@ -298,10 +294,8 @@ def pmc_oa(spec: FigureSourceSpec):
         raise SourceError(f"source {spec.name!r}: options.caption_kind must be sub or full")
     preset = {"id": "id", "image": "image", "article_id": "pmcid", "meta": "url_name",
               ("sub_caption" if kind == "sub" else "caption"): "caption"}
-    for idx, rec in enumerate_records(spec.reader_spec()):
-        if "__reject__" in rec:
-            yield idx, rec["__reject__"]
-            continue
+
+    def row_of(rec: dict[str, Any]) -> dict[str, Any]:
         row = _preset_fields(rec, spec, preset)
         name = rec.get("image")
         m = _PMC_OA_NAME.match(Path(str(name)).name) if isinstance(name, str) else None
@@ -312,7 +306,9 @@ def pmc_oa(spec: FigureSourceSpec):
         if row["native_id"] is None and isinstance(name, str):
             row["native_id"] = Path(name).stem
         row["image"] = _locate(row["image"], spec, ("images",))
-        yield idx, row | {"raw": rec}
+        return row
+
+    yield from _mapped(spec, row_of)
 
 
 MEDICAT_MAPPING = {
@@ -327,10 +323,8 @@ MEDICAT_MAPPING = {
           "the MedICaT JSONL file; image_root: the folder of <pdf_hash>_<fig_uri> images")
 def medicat(spec: FigureSourceSpec):
     """Raw figure rows of MedICaT (images named <pdf_hash>_<fig_uri>)."""
-    for idx, rec in enumerate_records(spec.reader_spec()):
-        if "__reject__" in rec:
-            yield idx, rec["__reject__"]
-            continue
+
+    def row_of(rec: dict[str, Any]) -> dict[str, Any]:
         row = _preset_fields(rec, spec, MEDICAT_MAPPING)
         pdf, uri = rec.get("pdf_hash"), rec.get("fig_uri")
         if "image" in spec.mapping:
@@ -345,9 +339,11 @@ def medicat(spec: FigureSourceSpec):
             row["modality"] = "radiology"
         if row["native_id"] is None and pdf and uri:
             row["native_id"] = f"{pdf}_{Path(str(uri)).stem}"
-        if isinstance(rec.get("oa_info"), dict):  # keep the whole record, minus nothing large
+        if isinstance(rec.get("oa_info"), dict):
             row["meta"]["oa_info"] = _jsonable(rec["oa_info"])
-        yield idx, row | {"raw": rec}
+        return row
+
+    yield from _mapped(spec, row_of)
 
 
 def _locate(payload: Any, spec: FigureSourceSpec, subdirs: tuple[str, ...]) -> Any:

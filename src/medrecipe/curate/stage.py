@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from medrecipe.curate.records import (
     records_from_table,
 )
 from medrecipe.images import ImageStore
+from medrecipe.pipeline import Context
 from medrecipe.prompts import PromptTemplate, load_template
 from medrecipe.schema import ITEM_SCHEMA, QUARANTINE_SCHEMA, QuarantineRow, raw_json, to_table
 from medrecipe.sources.base import BuildStats
@@ -74,20 +75,11 @@ STAGES = ("ingest", "measure", "visual", "context", "tasks", "questions", "check
 
 
 @dataclass
-class CurateContext:
-    """What every curation stage needs: the recipe, its run, the image store, model access."""
+class CurateContext(Context):
+    """The pipeline's stage context for a curation recipe, plus the shared spend cap."""
 
-    recipe: CurateRecipe
-    run: Run
-    images: ImageStore
-    log: Callable[[str], None]
-    progress: bool | None = None
-    force: set[str] = field(default_factory=set)
-    backends: dict[str, Any] | None = None  # test hook: backend objects per teacher name
+    recipe: CurateRecipe  # type: ignore[assignment] - a curation recipe, not an OctoMed one
     budget: Budget = field(default_factory=Budget)
-
-    def forced(self, stage: str) -> bool:
-        return stage in self.force or "all" in self.force
 
     def caller(self) -> Caller:
         cache = Path(self.recipe.cache_dir) if self.recipe.cache_dir else self.run.root / "cache"
