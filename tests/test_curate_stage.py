@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
+import yaml
 
 from curate_images import clean_set
-from medrecipe.curate.config import curate_recipe_from_data
+from medrecipe.config import load_recipe
+from medrecipe.curate.config import curate_recipe_from_data, load_curate_recipe
 from medrecipe.curate.context import CRITERIA
 from medrecipe.curate.stage import open_curate_context, run_curation
+from medrecipe.errors import RecipeError
 from medrecipe.testing.chat_server import ChatServer
 
 CAPTIONS = {
@@ -224,3 +228,23 @@ def test_structured_output_sends_the_verdict_schema(tmp_path):
     # with_image: false sends the texts only.
     assert all(p.get("type") == "text" for b in judged for m in b["messages"]
                if isinstance(m["content"], list) for p in m["content"])
+
+
+def test_steps_can_be_switched_off_and_recipes_say_what_they_are(tmp_path):
+    with ChatServer(responder=responder) as srv:
+        recipe, data = _recipe(tmp_path, srv.base_url, context={"enabled": False},
+                               probe={"enabled": False})
+        ctx, outcome = _run(recipe, data)
+        assert not any("Judge the record" in _text(b) for b in srv.bodies())
+    # Without the judge and the probe, R1 and R4 go on; R5 still fails the English check.
+    reasons = _reasons(ctx.run.root)
+    assert reasons["s/R5"] == "non_english" and "s/R1" not in reasons
+    assert "s/R3#anatomy" not in reasons and outcome.items >= 2
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items()
+                                                     if k != "kind"}))
+    with pytest.raises(RecipeError, match="kind: curate"):
+        load_curate_recipe(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match="medrecipe curate"):
+        load_recipe(tmp_path / "c.yaml")

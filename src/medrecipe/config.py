@@ -357,6 +357,9 @@ def recipe_from_data(data: Any, path: str | None = None) -> Recipe:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe file; returns the model and the raw data."""
     data, base = read_yaml(path, overrides)
+    if isinstance(data, dict) and data.get("kind") == "curate":
+        raise RecipeError([("kind", "this is a curation recipe; run it with `medrecipe curate`")],
+                          str(path))
     recipe = recipe_from_data(data, str(path))
     # Relative data paths resolve against the recipe file's folder, so recipes are portable.
     for s in recipe.sources:

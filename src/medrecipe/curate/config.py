@@ -36,6 +36,7 @@ from medrecipe.config import (
     validate_model,
 )
 from medrecipe.curate.taxonomy import CATEGORY_IDS
+from medrecipe.errors import RecipeError
 
 FIGURE_FIELDS = ("id", "image", "sub_caption", "caption", "references", "article_id",
                  "figure_id", "panel", "license", "modality")
@@ -231,6 +232,9 @@ def load_curate_recipe(path: str | Path, overrides: list[str] | None = None
                        ) -> tuple[CurateRecipe, dict[str, Any]]:
     """Read, override and validate a curation recipe; relative paths resolve next to it."""
     data, base = read_yaml(path, overrides)
+    if not is_curate_data(data):
+        raise RecipeError([("kind", "a curation recipe says `kind: curate` (a recipe without it "
+                                    "runs with `medrecipe run`)")], str(path))
     recipe = curate_recipe_from_data(data, str(path))
     for s in recipe.sources:
         s.path = resolve_path(s.path, base)
