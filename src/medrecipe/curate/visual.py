@@ -39,13 +39,13 @@ from PIL import Image
 
 from medrecipe.curate.config import VisualConfig
 from medrecipe.errors import ImageError
-from medrecipe.images import decode_image_bytes, is_dicom
+from medrecipe.images import decode_image_bytes, is_dicom, to_rgb
 
 ANALYSIS_SIDE = 1024
 BORDER_BAND = 0.04  # band width as a share of each side
 NEAR_WHITE = 235  # grey level from which a pixel counts as near-white
 OCTAVE_DETAIL = 0.3  # octave energy ratio from which an octave holds real detail
-ROUND_TRIPS = 3  # pyramid levels below the analysis image (factors up to 16)
+ROUND_TRIPS = 3  # octaves compared for effective_resolution (down to 1/8 of the analysis size)
 BLOCK_MAX_SIDE = 2048  # blockiness reads at most this crop of the native image
 
 MEASURE_VERSION = 1  # bump when a measure's definition changes (re-measures every image)
@@ -157,15 +157,11 @@ def blockiness(grey: np.ndarray, block: int = 8) -> float:
 
 
 def _grey(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        from medrecipe.images import to_rgb
-
-        img = to_rgb(img)
-    elif img.mode in ("RGBA", "LA", "P", "PA"):
-        from medrecipe.images import to_rgb
-
-        img = to_rgb(img)
-    return img if img.mode == "L" else img.convert("L")
+    if img.mode == "L":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "RGBA", "LA", "P", "PA"):
+        img = to_rgb(img)  # 16-bit scaled to 8 bits, transparency flattened on white
+    return img.convert("L")
 
 
 def measure_image(data: bytes, *, analysis_side: int = ANALYSIS_SIDE) -> dict[str, float]:
