@@ -1,4 +1,5 @@
-"""medrecipe command line: run, demo, ingest, validate, inspect, eval, review, train, report, sources."""
+"""medrecipe command line: run, demo, curate, ingest, validate, inspect, eval, review, train,
+report, sources."""
 
 from __future__ import annotations
 
@@ -47,6 +48,25 @@ def packaged_recipe(name: str) -> Path:
     return Path(str(files("medrecipe") / "recipes" / f"{name}.yaml"))
 
 
+def recipe_path(path: Path) -> Path:
+    """`path` when it exists, else the packaged recipe of that name (`curate_demo.yaml`)."""
+    if path.exists() or path.parent != Path("."):
+        return path
+    packaged = packaged_recipe(path.name.removesuffix(".yaml").removesuffix(".yml"))
+    return packaged if packaged.exists() else path
+
+
+def _is_curate(recipe: Path) -> bool:
+    import yaml
+
+    from medrecipe.curate.config import is_curate_data
+
+    try:
+        return is_curate_data(yaml.safe_load(recipe.read_text()))
+    except (OSError, yaml.YAMLError):
+        return False
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -62,11 +82,28 @@ def sources() -> None:
         opts = "; ".join(f"{k}: {v}" for k, v in a.options.items())
         t.add_row(a.name, a.task or "(from data)", a.hub_id or "", a.needs, opts)
     console.print(t)
+    from medrecipe.curate.records import ADAPTERS
+
+    f = Table(title="figure-record adapters (medrecipe curate)")
+    for col in ("adapter", "reads", "path should be"):
+        f.add_column(col, overflow="fold")
+    for a in sorted(ADAPTERS.values(), key=lambda a: a.name):
+        f.add_row(a.name, a.description, a.needs)
+    console.print(f)
 
 
 @app.command()
 def validate(recipe: RecipeArg, override: Overrides = None) -> None:
     """Check a recipe; list every problem with its YAML path (exit 2 when invalid)."""
+    recipe = recipe_path(recipe)
+    if _is_curate(recipe):
+        from medrecipe.curate.config import load_curate_recipe
+
+        c, _ = load_curate_recipe(recipe, override or [])
+        console.print(f"[green]ok[/green]: curation recipe {c.name!r}: {len(c.sources)} "
+                      f"source(s), {len(c.teachers)} teacher(s); run directory "
+                      f"{c.resolved_run_dir()}")
+        return
     r, _ = _load(recipe, override, preflight=True)
     console.print(f"[green]ok[/green]: recipe {r.name!r}: {len(r.sources)} source(s), "
                   f"{len(r.teachers)} teacher(s); run directory {r.resolved_run_dir()}")
@@ -125,6 +162,33 @@ def demo(
     _finish(outcome)
 
 
+@app.command()
+def curate(recipe: RecipeArg, override: Overrides = None,
+           force: Annotated[list[str] | None, typer.Option(
+               help="Re-run these stages even if up to date (ingest, measure, visual, context, "
+                    "tasks, questions, checks, probe, items; or all). Model replies still come "
+                    "from the cache.")] = None,
+           progress: Annotated[bool | None, typer.Option(
+               "--progress/--no-progress", help="Progress bars (default: on a terminal).")] = None
+           ) -> None:
+    """Curate figure records into image-dependent clinical questions (a `kind: curate` recipe)."""
+    from medrecipe.curate.config import load_curate_recipe
+    from medrecipe.curate.stage import open_curate_context, run_curation
+    from medrecipe.inspect import print_funnel
+
+    r, raw = load_curate_recipe(recipe_path(recipe), override or [])
+    ctx = open_curate_context(r, raw, progress=progress, force=set(force or []))
+    outcome = run_curation(ctx)
+    print_funnel(ctx.run)
+    console.print(f"{outcome.items} items: {ctx.run.path('items')}")
+    console.print(f"run directory: {outcome.run_dir}")
+    if not outcome.complete:
+        console.print("[yellow]some stages stopped early (budget or failed requests); re-run "
+                      "to continue[/yellow]")
+    if outcome.report:
+        console.print(f"report: {outcome.report}")
+
+
 def _finish(outcome) -> None:
     if outcome.exports:
         console.print("[bold]exports[/bold]")
@@ -158,7 +222,11 @@ def report(run_dir: RunArg,
     if recipe_file.exists():
         import yaml
 
-        cfg = recipe_from_data(yaml.safe_load(recipe_file.read_text()), str(recipe_file)).report
+        from medrecipe.curate.config import curate_recipe_from_data, is_curate_data
+
+        data = yaml.safe_load(recipe_file.read_text())
+        load = curate_recipe_from_data if is_curate_data(data) else recipe_from_data
+        cfg = load(data, str(recipe_file)).report
     console.print(f"report: {write_report(run_, out_dir=out, config=cfg)}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -183,6 +184,13 @@ def is_safe_for_secrets(url: str) -> bool:
         return False
 
 
+# TeacherConfig fields that change how requests are sent, never what comes back: left out of
+# stage fingerprints so tuning limits or prices re-runs nothing.
+TEACHER_RUNTIME_FIELDS = frozenset({"price", "max_in_flight", "requests_per_minute",
+                                    "tokens_per_minute", "max_retries", "timeout_s",
+                                    "backoff_base_s", "backoff_max_s", "http_transport"})
+
+
 class GenerateConfig(_Model):
     n: int = Field(default=16, ge=1)
     routes: dict[str, str] = Field(default_factory=dict)  # task -> teacher name; "*" default
@@ -284,6 +292,14 @@ class ExecutorConfig(_Model):
 # --------------------------------------------------------------------------- recipe
 
 
+def check_unique_names(names: Iterable[str], what: str = "source") -> None:
+    """ValueError naming the repeated ones when `names` are not unique."""
+    names = list(names)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(dupes)}")
+
+
 class Recipe(_Model):
     name: str
     run_dir: str | None = None  # default: runs/<name>
@@ -314,10 +330,7 @@ class Recipe(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        check_unique_names(s.name for s in self.sources)
         bench = {s.name for s in self.sources if s.role == "benchmark"}
         for n in self.prepare.decontaminate.against:
             if n not in bench:
@@ -441,6 +454,9 @@ def recipe_from_data(data: Any, path: str | None = None) -> Recipe:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe file; returns the model and the raw data."""
     data, base = read_yaml(path, overrides)
+    if isinstance(data, dict) and data.get("kind") == "curate":
+        raise RecipeError([("kind", "this is a curation recipe; run it with `medrecipe curate`")],
+                          str(path))
     recipe = recipe_from_data(data, str(path))
     # Relative data paths resolve against the recipe file's folder, so recipes are portable.
     for s in recipe.sources:

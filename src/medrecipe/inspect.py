@@ -50,6 +50,34 @@ def _counter_table(title: str, counter: Counter, key: str) -> Table:
     return t
 
 
+def curate_funnel(run: Run) -> dict | None:
+    """The curation funnel of a run (None when the run is not a curation run)."""
+    if run.manifest.get("kind") != "curate":
+        return None
+    from medrecipe.curate.stage import funnel
+
+    return funnel(run, list(run.manifest.get("sources", {})))
+
+
+def print_funnel(run: Run) -> None:
+    """The curation funnel: per stage what came in, what was removed and why, what went on."""
+    f = curate_funnel(run)
+    if f is None:
+        return
+    t = Table(title=f"curation funnel: {f['records_in']} records in, {f['items_out']} items out")
+    for col in ("stage", "unit", "in", "removed (reason: n)", "waiting", "out"):
+        t.add_column(col, overflow="fold")
+    for st in f["stages"]:
+        removed = ", ".join(f"{k}: {v}" for k, v in st["removed"].items()) or "-"
+        t.add_row(st["stage"], st["unit"], str(st["in"]), removed, str(st.get("pending", 0)),
+                  str(st["out"]))
+    console.print(t)
+    for key in ("by_family", "by_category"):
+        if f[key]:
+            console.print(_counter_table(f"items {key.replace('_', ' ')}", Counter(f[key]),
+                                         key.removeprefix("by_")))
+
+
 def inspect_run(run_dir: str | Path, samples: int = 3) -> None:
     """Print counts, stage status, quarantine reasons and sample rows of a run."""
     run = open_run(run_dir)
@@ -64,8 +92,9 @@ def inspect_run(run_dir: str | Path, samples: int = 3) -> None:
         st.add_row(name, "done" if rec.get("complete", True) else "[yellow]partial[/yellow]",
                    rows, f"{rec.get('seconds', 0):.2f}")
     console.print(st)
+    print_funnel(run)
 
-    tables = [f"ingest/{n}" for n in m.get("sources", {})]
+    tables = [f"ingest/{n}" for n in m.get("sources", {}) if run.has(f"ingest/{n}")]
     main = "items" if run.has("items") else None
     by: dict[str, Counter] = {k: Counter() for k in ("source", "split", "task", "modality", "anatomy")}
     for name in ([main] if main else tables):

@@ -68,27 +68,34 @@ class PromptTemplate:
 
     def render(self, item: Item, **extra: Any) -> list[dict[str, Any]]:
         """Chat messages for one item."""
-        assert self._compiled is not None
         ctx = template_context(item)
         ctx.update(extra)
-        n_images = len(item.images)
+        return self.render_vars(ctx, list(item.images), owner=f"item {item.id!r}")
+
+    def render_vars(self, variables: Mapping[str, Any], images: Iterable[str] = (),
+                    owner: str = "this prompt") -> list[dict[str, Any]]:
+        """Chat messages from explicit template variables and image refs (no Item needed)."""
+        assert self._compiled is not None
+        refs = list(images)
+        n_images = len(refs)
 
         def image(i: int) -> str:
             if not 0 <= int(i) < n_images:
                 raise TemplateError(
-                    f"template {self.name!r} asks for image {i}, but item {item.id!r} has "
+                    f"template {self.name!r} asks for image {i}, but {owner} has "
                     f"{n_images} image(s)")
             return _IMAGE_MARK.format(int(i))
 
-        def images() -> str:
+        def images_() -> str:
             return "".join(_IMAGE_MARK.format(i) for i in range(n_images))
 
+        ctx = {"n_images": n_images, **variables}
         try:
-            text = self._compiled.render(image=image, images=images, **ctx)
+            text = self._compiled.render(image=image, images=images_, **ctx)
         except jinja2.UndefinedError as e:
             raise TemplateError(f"template {self.name!r} ({self.origin}) uses an unknown "
                                 f"variable: {e.message}") from None
-        return _to_messages(text, list(item.images), self.name)
+        return _to_messages(text, refs, self.name)
 
 
 def template_context(item: Item) -> dict[str, Any]:

@@ -177,9 +177,12 @@ def rejected_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportCo
 
 
 def render_report(t: RunTables, stats: dict[str, Any], plots: dict[str, Path],
-                  accepted: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> str:
+                  accepted: list[dict[str, Any]], rejected: list[dict[str, Any]],
+                  curate: dict[str, Any] | None = None) -> str:
     """The HTML page as a string."""
     template = _env().get_template(TEMPLATE)
+    if curate is not None:
+        curate = {**curate, "plots": {k: data_uri_png(p) for k, p in curate["plots"].items()}}
     return template.render(
         title=f"medrecipe report: {stats.get('recipe_name') or t.root.name}",
         generated_at=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -188,6 +191,7 @@ def render_report(t: RunTables, stats: dict[str, Any], plots: dict[str, Path],
         plots={k: data_uri_png(p) for k, p in plots.items()},
         accepted=accepted,
         rejected=rejected,
+        curate=curate,
     )
 
 
@@ -206,8 +210,11 @@ def write_report(run: Run | str | Path, out_dir: str | Path | None = None,
     stats = compute_stats(tables)
     resolve = image_resolver if image_resolver is not None else default_resolver(run)
     plots = make_plots(tables, stats, out)
+    from medrecipe.report.curate import curate_report
+
     html = render_report(tables, stats, plots, accepted_examples(tables, resolve, config),
-                         rejected_examples(tables, resolve, config))
+                         rejected_examples(tables, resolve, config),
+                         curate=curate_report(run, resolve, config, out))
     path = out / "report.html"
     atomic_write_text(path, html)
     return path

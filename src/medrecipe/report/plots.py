@@ -24,9 +24,10 @@ def _figure(width: float = 7.0, height: float = 3.6) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, format="png")
     return path
 
@@ -173,3 +174,65 @@ def make_plots(t: RunTables, stats: dict[str, Any], out_dir: Path) -> dict[str, 
         out["quarantine_reasons"] = bar(Counter(q["by_reason"]), out_dir / "quarantine_reasons.png",
                                         "Quarantined rows per stage and reason", "rows")
     return {k: v for k, v in out.items() if v is not None}
+
+
+def threshold_histograms(panels: list[tuple[str, list[float], float | None, bool]], path: Path,
+                         title: str) -> Path | None:
+    """One histogram per measure, its threshold drawn as a vertical line.
+
+    `panels` holds (measure, values, threshold or None, minimum) where `minimum` says that
+    values below the line fail (else values above it fail). NaN values are left out.
+    """
+    import math
+
+    panels = [(n, [v for v in vals if v is not None and not math.isnan(v)], t, m)
+              for n, vals, t, m in panels]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return None
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig = _figure(8.0, 2.3 * rows + 0.6)
+    for k, (name, vals, thr, minimum) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        lo, hi = min(vals), max(vals)
+        log = lo > 0 and hi / lo > 100  # wide positive ranges (sharpness) read better in log
+        if log:
+            import numpy as np
+
+            bins = np.logspace(math.log10(lo), math.log10(hi) + 1e-9, 30)
+            ax.set_xscale("log")
+        else:
+            bins = 30
+        ax.hist(vals, bins=bins, color=COLORS[0])
+        if thr is not None:
+            ax.axvline(thr, color=COLORS[1], linewidth=1.5)
+            ax.text(thr, ax.get_ylim()[1] * 0.92, (" keep >= " if minimum else " keep <= ")
+                    + f"{thr:g}", color=COLORS[1], fontsize=7, va="top")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    # A fixed grid spacing: tight_layout over many small axes costs more than the drawing.
+    fig.subplots_adjust(left=0.07, right=0.97, bottom=0.05, top=1 - 0.55 / fig.get_figheight(),
+                        hspace=0.55, wspace=0.22)
+    return _save(fig, path, tight=False)
+
+
+def funnel_chart(stages: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """What each stage kept (bars) and removed (labels), in stage order."""
+    if not stages:
+        return None
+    labels = [f"{s['stage']} ({s['unit']}s)" for s in stages][::-1]
+    kept = [s["out"] for s in stages][::-1]
+    removed = [sum(s["removed"].values()) for s in stages][::-1]
+    fig = _figure(7.0, max(2.2, 0.36 * len(labels) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh(labels, kept, color=COLORS[2], label="kept")
+    ax.barh(labels, removed, left=kept, color=COLORS[1], label="removed")
+    for y, (k, r) in enumerate(zip(kept, removed, strict=True)):
+        ax.text(k + r, y, f" {k} kept, {r} removed", va="center", fontsize=8)
+    ax.set_xlim(0, max(k + r for k, r in zip(kept, removed, strict=True)) * 1.45 or 1)
+    ax.set_xlabel("rows")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

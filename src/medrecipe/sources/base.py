@@ -274,24 +274,29 @@ def keep_positions(values: list[Any]) -> list[str]:
     return out
 
 
+def literal(text: str) -> Any:
+    """A JSON or Python literal (list, dict, ...) written as a string; None when it is not one."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        import ast
+
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return None
+
+
 def options_from(value: Any) -> list[str]:
     """Options from a list, a dict keyed by letters, or a Python/JSON literal string of a list."""
     if value is None:
         return []
     if isinstance(value, str):
         s = value.strip()
-        if s.startswith("[") or s.startswith("{"):
-            try:
-                value = json.loads(s)
-            except json.JSONDecodeError:
-                import ast
-
-                try:
-                    value = ast.literal_eval(s)
-                except (ValueError, SyntaxError):
-                    return [value]
-        else:
+        parsed = literal(s) if s.startswith(("[", "{")) else None
+        if parsed is None:
             return [value]
+        value = parsed
     if isinstance(value, dict):
         return keep_positions([value[k] for k in sorted(value, key=lambda k: (len(str(k)), str(k)))])
     return keep_positions(list(value))

@@ -1,0 +1,181 @@
+"""The curation part of a run report: funnel, visual measures against thresholds, cards.
+
+Everything is read from the run directory (manifest, curate/*.parquet, quarantine), so the
+section can be rebuilt at any point of a curation run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from medrecipe.config import ReportConfig
+from medrecipe.report.plots import bar, funnel_chart, threshold_histograms
+from medrecipe.schema import LETTERS
+from medrecipe.store import Run
+
+MAX_PLOTTED = 200_000  # values per measure drawn in a histogram (an even subsample beyond)
+
+
+def _order(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f" … [{len(text) - limit} more characters]"
+
+
+def _records(run: Run, ids: set[str]) -> dict[str, dict[str, Any]]:
+    from medrecipe.curate.stage import RECORDS_DIR
+
+    out: dict[str, dict[str, Any]] = {}
+    folder = run.root / RECORDS_DIR
+    if not ids or not folder.exists():
+        return out
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wanted = pa.array(sorted(ids), pa.string())
+    for p in sorted(folder.glob("*.parquet")):
+        t = pq.read_table(p)
+        for row in t.filter(pc.is_in(t.column("id"), wanted)).to_pylist():
+            out[row["id"]] = row
+    return out
+
+
+def _visual_panels(run: Run) -> tuple[list[tuple[str, list[float], float | None, bool]],
+                                       dict[str, Any]]:
+    from medrecipe.curate.stage import MEASURES
+    from medrecipe.curate.visual import CHECKS
+
+    if not run.has(MEASURES):
+        return [], {}
+    rec = run.stage("curate.visual")
+    thresholds = (rec.extra.get("thresholds") if rec else None) or {}
+    t = run.read_table(MEASURES, columns=[c.measure for c in CHECKS])
+    step = max(1, t.num_rows // MAX_PLOTTED)
+    panels = []
+    for c in CHECKS:
+        values = t.column(c.measure).to_numpy(zero_copy_only=False)[::step]
+        panels.append((c.measure, [float(v) for v in values], thresholds.get(c.threshold),
+                       c.minimum))
+    return panels, {c.threshold: thresholds.get(c.threshold) for c in CHECKS}
+
+
+def _question_view(q: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not q or "stem" not in q:
+        return None
+    correct = q.get("correct")
+    return {"stem": q.get("stem"), "correct": correct, "rationale": q.get("rationale"),
+            "options": [{"letter": LETTERS[i], "text": o, "correct": LETTERS[i] == correct}
+                        for i, o in enumerate(q.get("options") or [])]}
+
+
+def _card(record: dict[str, Any] | None, resolve, cfg: ReportConfig, **extra: Any
+          ) -> dict[str, Any]:
+    from medrecipe.report.html import thumbnail
+
+    rec = record or {}
+    limit = min(cfg.max_text_chars, 1500)
+    return {"record_id": rec.get("id"), "image": thumbnail(rec["image"], resolve,
+                                                           cfg.thumbnail_px)
+            if rec.get("image") else None,
+            "sub_caption": _cut(rec.get("sub_caption"), limit),
+            "caption": _cut(rec.get("caption"), limit),
+            "references": [_cut(r, limit) for r in (rec.get("references") or [])[:3]],
+            **extra}
+
+
+def _round_robin(groups: dict[str, list[Any]], n: int) -> list[Any]:
+    out: list[Any] = []
+    queues = {k: list(v) for k, v in sorted(groups.items())}
+    while len(out) < n and any(queues.values()):
+        for k in queues:
+            if queues[k] and len(out) < n:
+                out.append(queues[k].pop(0))
+    return out
+
+
+def _kept_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
+    if not run.has("items") or cfg.examples <= 0:
+        return []
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in sorted(run.read_table("items").to_pylist(), key=lambda r: _order(r["id"])):
+        row["meta"] = json.loads(row["meta"] or "{}")
+        groups[row["meta"].get("family", "")].append(row)
+    picked = _round_robin(groups, cfg.examples)
+    records = _records(run, {r["meta"].get("record_id") for r in picked})
+    out = []
+    for row in picked:
+        m = row["meta"]
+        q = {"stem": row["question"], "options": row["options"], "correct": row["answer"],
+             "rationale": m.get("rationale")}
+        out.append(_card(records.get(m.get("record_id")), resolve, cfg, kind="kept",
+                         item_id=row["id"], category=m.get("category_label"),
+                         family=m.get("family"), stem_style=m.get("stem_style"),
+                         answer_format=m.get("answer_format"), question=_question_view(q),
+                         stage=None, reason=None, detail=None, reply=None))
+    return out
+
+
+def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
+    q = run.read_quarantine()
+    if not q.num_rows or cfg.examples <= 0:
+        return []
+    q = q.filter(pc.starts_with(q.column("stage"), "curate."))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in sorted(q.to_pylist(), key=lambda r: _order(f"{r['stage']}{r['item_id']}")):
+        groups[f"{row['stage']}: {row['reason']}"].append(row)
+    picked = _round_robin(groups, 2 * cfg.examples)
+    records = _records(run, {(r["item_id"] or "").split("#")[0] for r in picked})
+    out = []
+    for row in picked:
+        try:
+            raw = json.loads(row["raw"]) if row["raw"] else {}
+        except json.JSONDecodeError:
+            raw = {}
+        raw = raw if isinstance(raw, dict) else {}
+        rid, _, category = (row["item_id"] or "").partition("#")
+        out.append(_card(records.get(rid), resolve, cfg, kind="dropped", item_id=row["item_id"],
+                         category=category or None, family=None, stem_style=raw.get("stem_style"),
+                         answer_format=raw.get("answer_format"), question=_question_view(raw),
+                         stage=row["stage"], reason=row["reason"],
+                         detail=_cut(row["detail"], 600),
+                         reply=_cut(raw.get("reply"), 1200) if raw.get("reply") else None))
+    return out
+
+
+def curate_report(run: Run, resolve, cfg: ReportConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The curation section's data and plot files (None for a run that is not a curation)."""
+    if run.manifest.get("kind") != "curate":
+        return None
+    from medrecipe.curate.stage import funnel
+
+    f = funnel(run, list(run.manifest.get("sources", {})))
+    plots: dict[str, Path | None] = {}
+    plots["funnel"] = funnel_chart(f["stages"], out_dir / "curate_funnel.png",
+                                   "Curation funnel: kept and removed per stage")
+    removals = Counter({f"{s['stage']}: {r}": n for s in f["stages"]
+                        for r, n in s["removed"].items()})
+    plots["removals"] = bar(dict(removals), out_dir / "curate_removals.png",
+                            "Removed per stage and reason", "rows")
+    plots["by_category"] = bar(f["by_category"], out_dir / "curate_by_category.png",
+                               "Items per task category", "items")
+    plots["by_family"] = bar(f["by_family"], out_dir / "curate_by_family.png",
+                             "Items per task family", "items")
+    panels, thresholds = _visual_panels(run)
+    plots["visual"] = threshold_histograms(panels, out_dir / "curate_visual.png",
+                                           "Visual measures of every image, with thresholds")
+    medians = {name: (float(np.nanmedian(v)) if v and not np.all(np.isnan(v)) else None)
+               for name, v, _, _ in panels}
+    return {"funnel": f, "plots": {k: v for k, v in plots.items() if v is not None},
+            "thresholds": thresholds, "medians": medians,
+            "kept": _kept_cards(run, resolve, cfg), "dropped": _dropped_cards(run, resolve, cfg)}
