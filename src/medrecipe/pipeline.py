@@ -192,17 +192,20 @@ def output_fingerprint(rec) -> str:
 # --------------------------------------------------------------------------- prepare
 
 
+GENERATIONS_PER_SHARD = 50_000
+
+
 def choose_shards(recipe: Recipe, run: Run, n_items: int) -> int:
     """Shard count: the recipe's, else the one this run already uses, else from the size.
 
-    The automatic choice (about 25,000 questions per shard) is made once and recorded, so
-    a source that grows later does not reshuffle the shards of an existing run.
+    The automatic choice (about 50,000 sampled responses, n x questions, per shard) is made
+    once and recorded, so a source that grows later does not reshuffle an existing run.
     """
     if recipe.shards:
         return recipe.shards
     if run.manifest.get("shards"):
         return int(run.manifest["shards"])
-    return max(1, min(4096, -(-n_items // 25_000)))
+    return max(1, min(4096, -(-n_items * recipe.generate.n // GENERATIONS_PER_SHARD)))
 
 
 def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
