@@ -63,6 +63,8 @@ METHODS: tuple[str, ...] = ("boxed", "answer_tag", "answer_phrase", "option_text
 
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
+# Thinking blocks: <think>...</think>, and MedGemma's "<unused94>thought ... <unused95>".
+_THINK_TAGS = ((_THINK_OPEN, _THINK_CLOSE), ("<unused94>", "<unused95>"))
 _TAG_OPEN = "<answer>"
 _TAG_CLOSE = "</answer>"
 
@@ -165,7 +167,10 @@ class _Options:
     def __init__(self, options: Sequence[str]) -> None:
         self.n = len(options)
         self.letters = frozenset(LETTERS[: self.n])
-        self.lowered = [" ".join(o.split()).lower() for o in options]
+        # Trailing punctuation ("Delivery.", "MR angiography.") is not part of the text a
+        # reply quotes: "Final Answer: Delivery" names that option.
+        self.lowered = [" ".join(o.split()).lower().rstrip(" .;,") or " ".join(o.split()).lower()
+                        for o in options]
         self.normed = [normalize_open(o) for o in options]
         by_norm: dict[str, str | None] = {}
         for i, key in enumerate(self.normed):
@@ -307,46 +312,104 @@ _CONTINUATION_RE = re.compile(
     r"|^```[ \t]*(?:python|py|javascript|java|cpp)\b",
     re.M,
 )
+# Replies whose line breaks were flattened: "... B. Lactulose ## Question: A 60-year-old ..."
+_INLINE_CONTINUATION_RE = re.compile(
+    r"(?<=[^\s#])[ \t]+#{1,6}[ \t]*(?:new[ \t]+|next[ \t]+|medical[ \t]+)?(?:question|example)s?\b"
+)
 
 
 def _continuation_start(lower: str, start: int) -> int:
     """Where an invented continuation begins after some reply text, else len(lower)."""
+    cut = len(lower)
     for m in _CONTINUATION_RE.finditer(lower, start):
         if lower[start : m.start()].strip():
-            return m.start()
-    return len(lower)
+            cut = m.start()
+            break
+    if lower.find("#", start, cut) >= 0:  # the inline form needs a heading mark
+        m = _INLINE_CONTINUATION_RE.search(lower, start, cut)
+        if m is not None:
+            cut = m.start()
+    return cut
 
 
 # --------------------------------------------------------------------------- JSON answers
 
-# "answer", "answer_choice", "Answer Choice", "final_answer", "correct_option", "choice", ...
+# Answer keys: "answer", "answer_choice", "Answer Choice", "final_answer", "correct_option",
+# "best_response", "best_next_step", "prediction", ... A key whose opening quote was lost
+# ('... so: answer_choice": "C"}') still counts; "options_analysis" or "answer_text" do not.
+# Located from the quote and colon that end a key (a fast literal scan), then read backwards.
+_JSON_COLON_RE = re.compile(r"[\"'][ \t]*:[ \t]*")
 _JSON_KEY_RE = re.compile(
-    r"[\"']((?:final[ _-]?)?(?:correct[ _-]?|best[ _-]?|selected[ _-]?|chosen[ _-]?)?"
-    r"(?:answer|choice|option)(?:[ _-]?(?:choice|option|letter|label|id|key))?|prediction)[\"']"
-    r"[ \t]*:[ \t]*"
+    r"(?:^|[\"'{,\s])((?:[a-z]+[ _-]){0,3}?"
+    r"(?:answer|choice|option|response|prediction|selection|next[ _-]?step)"
+    r"(?:[ _-]?(?:choice|option|letter|label|id|key))?)$"
 )
+_JSON_KEY_WINDOW = 64
+# A key that names the letter itself: {"Answer Choice C": true}.
+_JSON_LETTER_KEY_RE = re.compile(r"[\"']answer[ _-]?(?:choice|option)[ _-]?([a-z])[\"'][ \t]*:[ \t]*")
+# Inside an object value: {"A": "No", "B": "Yes"} or {"value": "B", "text": "..."}.
+_JSON_FLAG_RE = re.compile(r"[\"']([a-z])[\"'][ \t]*:[ \t]*[\"']?(yes|true|no|false|null|none)\b")
+_JSON_INNER_KEY_RE = re.compile(r"[\"'](?:value|letter|answer|choice|option|label)[\"'][ \t]*:[ \t]*")
+_JSON_NULL = frozenset({"null", "none", "", "n/a"})
+_JSON_FALSE = _JSON_NULL | {"false", "no"}
+# Keys that hold prose about the answer, not the answer: "reason_for_answer", "explanation of choice".
+_JSON_PROSE_WORDS = frozenset({"explanation", "reason", "reasoning", "rationale", "why", "justification",
+                               "analysis", "thinking", "for", "of", "about", "text", "confidence"})
+_JSON_TRUE = frozenset({"yes", "true"})
+_JSON_SCALAR_END_RE = re.compile(r"[^,}\]\n]*")
+
+
+def _json_value(text: str, p: int) -> tuple[int, int]:
+    """[start, end) of the scalar value written at text[p] (quoted or not, possibly cut off)."""
+    n = len(text)
+    if p < n and text[p] in "\"'":
+        q, e = text[p], p + 1
+        while e < n and text[e] != q and text[e] != "\n":
+            e += 2 if text[e] == "\\" else 1
+        return p + 1, min(e, n)
+    m = _JSON_SCALAR_END_RE.match(text, p)
+    return p, m.end()
+
+
+def _json_object_answer(text: str, lower: str, p: int, opts: _Options | None) -> Extraction | None:
+    """An answer held in an object value: one letter flagged yes/true, or an inner "value" key."""
+    close = lower.find("}", p)
+    end = close if close >= 0 else len(lower)
+    flags = [(m.group(1).upper(), m.group(2)) for m in _JSON_FLAG_RE.finditer(lower, p, end)]
+    if flags and opts is not None:
+        chosen = [letter for letter, v in flags if v in _JSON_TRUE]
+        if len(chosen) == 1 and chosen[0] in opts.letters:
+            return Extraction(chosen[0], "json", (p, end + 1 if close >= 0 else end), True)
+        return Extraction(None, "none", None, True, text[p:end + 1].strip()[:200])
+    inner = _JSON_INNER_KEY_RE.search(lower, p, end)
+    if inner is None:
+        return None
+    s, e = _json_value(text, inner.end())
+    return _judge_content(text, s, min(e, end), "json", opts, strict=True)
 
 
 def _find_json(text: str, lower: str, start: int, opts: _Options | None) -> Extraction | None:
-    """The answer held by the last JSON answer key (quoted value, possibly cut off), or None."""
-    last = None
-    for m in _JSON_KEY_RE.finditer(lower, start):
-        last = m
-    if last is None:
+    """The answer held by the last JSON answer key (quoted or not, possibly cut off), or None."""
+    if opts is not None:
+        named = [(m.group(1).upper(), _json_value(text, m.end())) for m in _JSON_LETTER_KEY_RE.finditer(lower, start)]
+        if named:
+            chosen = [(letter, se) for letter, se in named
+                      if text[se[0]:se[1]].strip().lower() not in _JSON_FALSE]
+            if len(chosen) == 1 and chosen[0][0] in opts.letters:
+                return Extraction(chosen[0][0], "json", chosen[0][1], True)
+            return Extraction(None, "none", None, True, ", ".join(letter for letter, _ in chosen) or "no choice")
+    p = -1
+    for c in _JSON_COLON_RE.finditer(lower, start):
+        m = _JSON_KEY_RE.search(lower, max(start, c.start() - _JSON_KEY_WINDOW), c.start())
+        if m is not None and not _JSON_PROSE_WORDS.intersection(re.split(r"[ _-]", m.group(1))):
+            p = c.end()
+    if p < 0:
         return None
-    p, n = last.end(), len(text)
-    if p < n and text[p] in "\"'":
-        q, s = text[p], p + 1
-        e = s
-        while e < n and text[e] != q and text[e] != "\n":
-            e += 2 if text[e] == "\\" else 1
-        e = min(e, n)
-    else:
-        s = p
-        m = re.compile(r"[^,}\n]*").match(text, p)
-        e = m.end() if m else p
-    if text[s:e].strip().lower() in ("null", "none", ""):
-        return Extraction(None, "none", None, True, text[s:e].strip())
+    if p < len(text) and text[p] == "{":
+        return _json_object_answer(text, lower, p + 1, opts)
+    s, e = _json_value(text, p)
+    if text[s:e].strip().lower() in _JSON_NULL:
+        return Extraction(None, "none", None, True, text[s:e].strip() or "empty")
     return _judge_content(text, s, e, "json", opts, strict=True)
 
 
@@ -547,7 +610,8 @@ _REVERSE_KEYWORDS = ("correct", "right", "best")
 # "the answer is", "the correct option would be", "my final answer is"
 _VERB_PREFIX_RE = re.compile(
     r"\b(?:the|my|our|final|correct|best|right)\s+"
-    r"(?:(?:final|correct|best|right|most\s+likely|likely|only)\s+)?$"
+    r"(?:(?:final|correct|best|right|most\s+likely|likely|only|most\s+accurate|most\s+appropriate"
+    r"|most\s+plausible|closest|available|suitable)\s+){0,2}$"
 )
 _VERB_SUFFIX_RE = re.compile(
     r"(?:\s+(?:choice|option|letter))?\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be|=)(?![a-z])"
@@ -592,9 +656,16 @@ def _option_prefix(lower: str, p: int, end: int, opts: _Options) -> tuple[str, i
     return None
 
 
+_ARTICLE_START_RE = re.compile(r"(?:the|an|a)[ \t]+")
+
+
 def _phrase_mc(text: str, lower: str, p: int, end: int, opts: _Options) -> Extraction | None:
     """Answer after an anchor at p: a letter, an option text, an invalid letter, or None."""
     hit = _option_prefix(lower, p, end, opts)
+    if hit is None:
+        art = _ARTICLE_START_RE.match(lower, p, end)  # "Final Answer: The Waters view"
+        if art is not None:
+            hit = _option_prefix(lower, art.end(), end, opts)
     if hit is not None:
         return Extraction(hit[0], "answer_phrase", (p, hit[1]), True)
     tok = _letter_token(text, p, end)
@@ -673,7 +744,7 @@ def _reverse_phrase(
         return None
     pre = _REVERSE_PREFIX_RE.search(lower, max(start, k - _WINDOW), k)
     if pre is None:
-        return None
+        return _reverse_with_text(text, lower, start, k, kw_end, opts)
     # With "the", a noun must follow ("is the best answer"); bare "is correct" needs none.
     if pre.group(1) is not None and not _REVERSE_SUFFIX_RE.match(lower, kw_end):
         return None
@@ -693,8 +764,67 @@ def _reverse_phrase(
     return Extraction(letter, "answer_phrase", (s, e), True)
 
 
+# "option D, **Degenerative disease of the joints**, is the correct choice": the letter, its
+# option's text set off by commas or brackets, then the verb.
+_REVERSE_TEXT_RE = re.compile(
+    r"\b(?:option|choice|answer)[ \t]+\(?([a-z])\)?[ \t]*[,(:][ \t]*([^,()\n]{3,150}?)[ \t]*[,)]?[ \t]+is[ \t]+(the[ \t]+)?$"
+)
+
+
+def _reverse_with_text(text: str, lower: str, start: int, k: int, kw_end: int, opts: _Options) -> Extraction | None:
+    """_reverse_phrase for "option B, <text of B>, is the correct answer" (the text must agree)."""
+    m = _REVERSE_TEXT_RE.search(lower, max(start, k - 200), k)
+    if m is None or (m.group(3) is not None and not _REVERSE_SUFFIX_RE.match(lower, kw_end)):
+        return None
+    if m.group(3) is None and not lower.startswith("correct", k):
+        return None
+    letter = m.group(1).upper()
+    body = _clean_content(text[m.start(2) : m.end(2)])
+    if letter not in opts.letters or _text_agreement(body, letter, opts) != "agrees":
+        return Extraction(None, "none", None, True, text[m.start() : kw_end])
+    s = m.start(1)
+    return Extraction(letter, "answer_phrase", (s, s + 1), True)
+
+
+# Chinese replies: "答案是 B" (the answer is B), "选项 (E) 正确" (option E is correct).
+_ZH_ANSWER_RE = re.compile(
+    r"(?:答案|正确答案|正確答案)[ \t]*(?:是|为|為)?[ \t]*[:：]?[ \t]*[（(]?[ \t]*([A-Z])(?![A-Za-z])"
+    r"|(?:选项|選項)[ \t]*[（(]?[ \t]*([A-Z])[ \t]*[）)]?[ \t]*(?:是)?[ \t]*(?:正确|正確|最佳)"
+)
+
+
+def _find_zh_phrase(text: str, start: int, opts: _Options) -> Extraction | None:
+    """The last Chinese answer phrase ("答案是 B", "选项 (E) 正确"), or None."""
+    last = None
+    for m in _ZH_ANSWER_RE.finditer(text, start):
+        last = m
+    if last is None:
+        return None
+    g = 1 if last.group(1) else 2
+    letter = last.group(g)
+    if letter not in opts.letters:
+        return Extraction(None, "none", None, True, last.group(0))
+    return Extraction(letter, "answer_phrase", (last.start(g), last.end(g)), True)
+
+
 def _find_phrase(text: str, lower: str, start: int, opts: _Options | None) -> Extraction | None:
-    """The last answer phrase followed by an answer (valid or invalid), or None."""
+    """The last answer phrase followed by an answer (valid or invalid), English or Chinese, or None."""
+    found = _find_en_phrase(text, lower, start, opts)
+    if opts is None or not ("答" in text or "选" in text or "選" in text):
+        return found[0] if found else None
+    zh = _find_zh_phrase(text, start, opts)
+    if zh is None:
+        return found[0] if found else None
+    if found is None:
+        return zh
+    zh_at = zh.span[0] if zh.span else text.rfind(zh.invalid or "", start)
+    return zh if zh_at > found[1] else found[0]
+
+
+def _find_en_phrase(
+    text: str, lower: str, start: int, opts: _Options | None
+) -> tuple[Extraction, int] | None:
+    """The last English answer phrase followed by an answer and its keyword's offset, or None."""
     end = len(text)
     cands = [(k, False) for k in _keyword_positions(lower, start, _FORWARD_KEYWORDS)]
     if opts is not None:
@@ -704,7 +834,7 @@ def _find_phrase(text: str, lower: str, start: int, opts: _Options | None) -> Ex
         if reverse:
             res = _reverse_phrase(text, lower, start, k, opts)  # type: ignore[arg-type]
             if res is not None:
-                return res
+                return res, k
             continue
         anchor = _forward_anchor(lower, start, k)
         if anchor is None:
@@ -717,7 +847,7 @@ def _find_phrase(text: str, lower: str, start: int, opts: _Options | None) -> Ex
             continue
         res = _phrase_mc(text, lower, p, end, opts) if opts is not None else _phrase_open(text, p, end)
         if res is not None:
-            return res
+            return res, k
     return None
 
 
@@ -800,13 +930,23 @@ def _find_option_text(lower: str, start: int, opts: _Options) -> Extraction | No
     return Extraction(letter, "option_text", (s, e), True)
 
 
+def _thinking_end(text: str) -> int | None:
+    """Where the reply after the last closed thinking block starts; None when a block is left open."""
+    start, last_open = 0, -1
+    for open_, close_ in _THINK_TAGS:
+        c = text.rfind(close_)
+        if c >= 0:
+            start = max(start, c + len(close_))
+        last_open = max(last_open, text.rfind(open_))
+    return None if last_open >= start else start
+
+
 def _extract(text: str | None, opts: _Options | None) -> Extraction:
     if not text:
         return _NONE
-    close = text.rfind(_THINK_CLOSE)
-    if text.rfind(_THINK_OPEN) > close:
+    start = _thinking_end(text)
+    if start is None:
         return _UNTERMINATED
-    start = close + len(_THINK_CLOSE) if close >= 0 else 0
     lower = _lower_same_length(text)
     cut = _continuation_start(lower, start)
     if cut < len(text):
@@ -835,11 +975,20 @@ def _extract(text: str | None, opts: _Options | None) -> Extraction:
         return lead.answer
     if _letter_contradicts_text(text, start, opts):
         return Extraction(None, "none", None, True, text[start:].strip())
-    if opts.searchable and not lead.walkthrough:
+    if opts.searchable and not lead.walkthrough and not _cut_off(text, start):
         res = _find_option_text(lower, start, opts)
         if res is not None:
             return res
     return _bare(text, start, opts)
+
+
+_CUT_OFF_MIN_CHARS = 600
+
+
+def _cut_off(text: str, start: int) -> bool:
+    """A long reply that stops mid-sentence (the length limit cut it): it reached no conclusion."""
+    end = len(text.rstrip())
+    return end - start >= _CUT_OFF_MIN_CHARS and (text[end - 1].isalnum() or text[end - 1] in ",;:(-")
 
 
 _BARE_MAX_CHARS = 100
