@@ -46,7 +46,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,12 @@ class Extraction:
     span: tuple[int, int] | None = None  # [start, end) of the matched answer in the text
     terminated: bool = True  # False when a <think> block was opened and never closed
     invalid: str | None = None  # a final answer that was present but not a valid one
+    cut_at: int | None = None  # where an invented continuation (a new question, example) starts
+
+    @property
+    def refused(self) -> bool:
+        """No answer because the reply gave an invalid one, several, or wrote an invented continuation."""
+        return self.answer is None and (self.invalid is not None or self.cut_at is not None)
 
 
 _NONE = Extraction(None, "none", None, True)
@@ -949,9 +955,14 @@ def _extract(text: str | None, opts: _Options | None) -> Extraction:
         return _UNTERMINATED
     lower = _lower_same_length(text)
     cut = _continuation_start(lower, start)
-    if cut < len(text):
-        # Offsets stay valid: only the tail (the invented continuation) is dropped.
-        text, lower = text[:cut], lower[:cut]
+    if cut == len(text):
+        return _read(text, lower, start, opts)
+    # Offsets stay valid: only the tail (the invented continuation) is dropped.
+    return replace(_read(text[:cut], lower[:cut], start, opts), cut_at=cut)
+
+
+def _read(text: str, lower: str, start: int, opts: _Options | None) -> Extraction:
+    """The rules, in order, over the reply text[start:] (thinking and continuation removed)."""
     span = _find_boxed(text, start)
     if span is not None:
         return _judge_content(text, span[0], span[1], "boxed", opts)
@@ -1089,6 +1100,30 @@ def grade_text(text: str | None, item: Item | dict[str, Any]) -> tuple[Extractio
 # --------------------------------------------------------------------------- grade stage
 
 Judge = Callable[[list[tuple[Item, str]]], list["bool | None"]]
+# (item, reply) -> the letter the reply commits to, "NONE", or None (reply unreadable, failed).
+ChoiceJudge = Callable[[list[tuple[Item, str]]], list["str | None"]]
+CHOICE_NONE = "NONE"
+_JUDGE_REPLY_CHARS = 6000
+
+
+def judge_eligible(ex: Extraction) -> bool:
+    """Whether the model-based reading may look at a reply: no rule read it and none refused it.
+
+    A reply that gave an invalid or several answers, wrote an invented continuation, or
+    left its thinking open keeps no answer whatever a model would read into it.
+    """
+    return ex.answer is None and ex.terminated and not ex.refused
+
+
+def reply_for_judge(text: str) -> str:
+    """The part of a reply the model-based reading sees: after the thinking, at most the last 6000 characters."""
+    start = _thinking_end(text) or 0
+    return text[start:].strip()[-_JUDGE_REPLY_CHARS:]
+
+
+def _items_by_id(items: pa.Table, wanted: set[str]) -> dict[str, Item]:
+    return {it.id: it for it in items_from_table(
+        items.filter(pc.is_in(items.column("id"), pa.array(sorted(wanted)))))}
 
 
 def grade_generations(
@@ -1096,15 +1131,19 @@ def grade_generations(
     items: pa.Table,
     config: GradeConfig | None = None,
     judge: Judge | None = None,
+    choice_judge: ChoiceJudge | None = None,
 ) -> pa.Table:
     """One verdict per generation (VERDICT_SCHEMA): extracted answer, rule, correctness.
 
     Failed generations (an error, or no text) and generations whose item is not in `items`
     get ``correct=None`` and method "none". With `judge`, open-ended answers that the rules
     did not accept are sent to it as (item, answer text as written); its True/False replaces
-    the verdict with method "judge", and its None keeps the rule-based verdict.
+    the verdict with method "judge", and its None keeps the rule-based verdict. With
+    `choice_judge`, multiple-choice replies that no rule read and none refused
+    (`judge_eligible`) are sent to it as (item, reply); a valid letter it returns becomes the
+    answer with method "judge", "NONE" or an unreadable reply keeps no answer.
     """
-    del config  # the judge callable is built by the caller from config.judge
+    del config  # the judge callables are built by the caller from the grade config
     ids = items.column("id").to_pylist()
     options_col = items.column("options").to_pylist()
     answers_col = items.column("answer").to_pylist()
@@ -1125,6 +1164,7 @@ def grade_generations(
     correct: list[bool | None] = [None] * n
     invalid: list[str | None] = [None] * n
     to_judge: list[int] = []
+    to_read: list[int] = []
 
     texts, errors, item_ids = cols["text"], cols["error"], cols["item_id"]
     for r in range(n):
@@ -1137,6 +1177,8 @@ def grade_generations(
         terminated[r] = ex.terminated
         if ex.answer is None:
             invalid[r] = ex.invalid[:500] if ex.invalid else None
+            if choice_judge is not None and opts is not None and judge_eligible(ex):
+                to_read.append(r)
             continue
         answer[r] = ex.answer
         method[r] = ex.method
@@ -1149,10 +1191,19 @@ def grade_generations(
         if judge is not None and opts is None and not ok:
             to_judge.append(r)
 
+    if choice_judge is not None and to_read:
+        item_objs = _items_by_id(items, {item_ids[r] for r in to_read})
+        readings = choice_judge([(item_objs[item_ids[r]], reply_for_judge(texts[r])) for r in to_read])
+        if len(readings) != len(to_read):
+            raise ValueError(f"choice judge returned {len(readings)} readings for {len(to_read)} replies")
+        for r, letter in zip(to_read, readings, strict=True):
+            opts, _, gold_key = prepared[item_ids[r]]
+            if letter is None or letter == CHOICE_NONE or opts is None or letter not in opts.letters:
+                continue
+            answer[r], method[r], correct[r] = letter, "judge", letter == gold_key
+
     if judge is not None and to_judge:
-        wanted = {item_ids[r] for r in to_judge}
-        item_objs = {it.id: it for it in items_from_table(
-            items.filter(pc.is_in(items.column("id"), pa.array(sorted(wanted)))))}
+        item_objs = _items_by_id(items, {item_ids[r] for r in to_judge})
         pairs = [(item_objs[item_ids[r]], texts[r][span_start[r]:span_end[r]]) for r in to_judge]
         results = judge(pairs)
         if len(results) != len(pairs):

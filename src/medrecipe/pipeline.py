@@ -274,33 +274,49 @@ def grade(ctx: Context, upstream: str) -> str:
     from medrecipe.answers import grade_generations
 
     r = ctx.recipe
-    judge = None
+    judge = reader = None
     if r.grade.judge:
         from medrecipe.judge import make_open_judge
 
         judge = make_open_judge(r.grade.judge, r.teachers, r.grade.judge_template, cache_dir(ctx),
                                 ctx.images, progress=ctx.progress, backends=ctx.backends)
-    cfg = config_hash({"grade": r.grade,
-                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None})
+    if r.grade.choice_judge:
+        from medrecipe.judge import ChoiceReader
+
+        reader = ChoiceReader(r.grade.choice_judge, r.teachers, r.grade.choice_judge_template,
+                              cache_dir(ctx), ctx.images, progress=ctx.progress, backends=ctx.backends,
+                              budget_usd=r.grade.choice_judge_budget_usd)
+    # A raised choice_judge budget re-runs the stage; readings already made come from the cache.
+    cfg = config_hash({"grade": r.grade.model_dump(mode="json"),
+                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None,
+                       "choice_judge": r.teachers[r.grade.choice_judge] if r.grade.choice_judge else None})
 
     def body() -> StageResult:
         v = grade_generations(ctx.run.read_table("generations"), ctx.run.read_table("items"),
-                              r.grade, judge=judge)
+                              r.grade, judge=judge, choice_judge=reader)
         ctx.run.write_table("verdicts", v)
         correct = v.column("correct").to_pylist()
         methods: dict[str, int] = {}
         for m in v.column("method").to_pylist():
             methods[m] = methods.get(m, 0) + 1
+        extra: dict[str, object] = {"methods": methods}
+        if reader is not None:
+            extra["choice_judge"] = reader.counts()
         return StageResult(rows={"verdicts": v.num_rows,
                                  "correct": sum(1 for c in correct if c is True),
                                  "ungradable": sum(1 for c in correct if c is None)},
-                           extra={"methods": methods})
+                           extra=extra)
 
     ran, rec = run_stage(ctx.run, "grade", cfg, {"generations": upstream}, ["verdicts"], body,
                          force=ctx.forced("grade"))
     ctx.log(f"grade: {'done' if ran else 'up to date'}, {rec.rows.get('verdicts', 0)} verdicts, "
             f"{rec.rows.get('correct', 0)} correct, {rec.rows.get('ungradable', 0)} without a "
             f"gradable answer ({rec.seconds:.1f}s)")
+    cj = rec.extra.get("choice_judge")
+    if cj:
+        ctx.log(f"grade: choice judge read {cj['answered']} of {cj['asked']} replies no rule read "
+                f"({cj['declined']} NONE, {cj['unparsed']} unparseable, {cj['failed']} failed, "
+                f"${cj['spend_usd']:.4f})")
     return rec.fingerprint
 
 
