@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from medrecipe.answers import extract
+from medrecipe.answers import extract, judge_eligible
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT / "tests" / "fixtures" / "extraction_devset.jsonl"
@@ -142,6 +142,14 @@ def main() -> None:
                         c, _ = score(srows, fn)
                         print(f"{src:<44} {part:<9} {len(srows):4d} {100.0 * c['exact'] / len(srows):6.1f}% "
                               f"{c['invented']:4d} {c['missed']:5d} {c['wrong']:6d}")
+
+    # What the optional model-based reading (grade.choice_judge) would be shown: replies no
+    # rule read and none refused. A perfect judge could turn the labelled ones into answers;
+    # the ones labelled none are where it could invent one.
+    eligible = [r for r in rows if judge_eligible(extract(r["output"], r["options"]))]
+    print(f"\nchoice-judge eligible (current rules): {len(eligible)} replies, "
+          f"{sum(r['label'] is not None for r in eligible)} labelled with a letter, "
+          f"{sum(r['label'] is None for r in eligible)} labelled none")
 
     if baseline is not None:
         a, b = results[(extractors[0][0], "all")], results[("current", "all")]

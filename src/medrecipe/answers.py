@@ -1,44 +1,53 @@
 """Answer extraction and grading.
 
 The extractor never guesses. It reads only the part of a response after the last closed
-thinking block, cut before an invented continuation (a new "Question:", "## Medical
-Question", "### Example", "Q1:", a leaked chat-template line or a code block written after
-the reply), and applies these rules in order, stopping at the first that finds a final
-answer (docs/grading.md has the whole list and the real-output figures):
+thinking block (``<think>...</think>``, or MedGemma's ``<unused94>thought ... <unused95>``),
+cut before an invented continuation (a new "Question:", "## Medical Question", "### Example",
+"Q1:", a leaked chat-template line or a code block written after the reply, also inline:
+"... B. Lactulose ## Question: ..."), and applies these rules in order, stopping at the
+first that finds a final answer (docs/grading.md has the whole list and the real-output
+figures):
 
 1. ``boxed``: the last ``\\boxed{...}`` with balanced braces (LaTeX and markdown wrappers
    inside it are removed: ``\\boxed{\\text{(B)}}``, ``\\boxed{B: Stroma}``).
-2. ``answer_tag``: the last ``<answer>...</answer>``.
-3. ``answer_phrase``: the last answer phrase that is followed by an answer ("the answer is
-   (B)", "Answer: B", "Final answer: B", "**Answer:** B", "the correct option is B",
-   "(B) is the correct answer"). Phrases followed by prose ("the answer is not clear",
-   "I hope the answer: helps") are not answer phrases and are passed over.
-4. ``option_text`` (multiple choice only): exactly one option's full text occurs in the
-   final paragraph of the answer part (occurrences inside a longer option's text do not
-   count). Two or more options present is ambiguous and yields no answer; so does a sole
-   option whose mention is negated ("not stroma", "Tumor is unlikely"). The rule is not
-   applied to items whose options include words too common to search for in prose
-   (yes, no, true, false, none, ...) or texts shorter than three characters.
+2. ``answer_tag``: the last ``<answer>...</answer>`` (any case).
+3. ``json``: the last JSON answer key (``"answer"``, ``"answer_choice"``, ``"Answer Choice"``,
+   ``"correct_answer"``, ``"best_next_step"``, ...; quoted or not, in code fences, cut off
+   after its value, or with its opening quote lost), a letter flagged in an object
+   (``{"A": "No", "B": "Yes"}``), an inner ``"value"``, or a key naming the letter
+   (``"Answer Choice C": true``). Keys holding prose ("reason_for_answer") do not count.
+4. ``answer_phrase``: the last answer phrase that is followed by an answer ("the answer is
+   (B)", "Answer: B", "Final answer: The Waters view", "**Answer:** B", "the most accurate
+   answer is:" with the answer on a later line, "(B) is the correct answer", "option B,
+   <text of B>, is the correct choice", Chinese "答案是 B" / "选项 (B) 正确"). Phrases followed
+   by prose ("the answer is not clear") are passed over.
+5. ``lead``: a reply that opens with its answer on a line of its own ("B", "(B) Stroma").
+6. ``option_text`` (multiple choice only): exactly one option's full text occurs, not
+   negated, in the final paragraph of the answer part; not applied to items whose options
+   include words too common to search for (yes, no, true, ...), nor to long replies that
+   stop mid-sentence (cut by the length limit: they reached no conclusion).
+7. ``bare``: a one-line reply that is one valid letter (with its own text) or one option's text.
 
-Between the answer tag and the answer phrase, ``json`` reads the last JSON answer key
-(``"answer"``, ``"answer_choice"``, ``"Answer Choice"``, ``"final_answer"``, ...), also cut off
-after its value; after the phrase, ``lead`` reads a reply that opens with its answer on a
-line of its own ("B", "(B) Stroma", "B. Stroma", "Stroma is the best answer"). Text after a
-letter must agree with that letter's option (be its text or a prefix of it): naming
-another option makes it no answer (boxes keep the letter). Several letters, or an opening
-answer that a later phrase contradicts, are no answer.
+Text after a letter must agree with that letter's option (be its text or a prefix of it;
+trailing punctuation of option texts is ignored): naming another option makes it no answer
+(boxes keep the letter). Several letters, or an opening answer that a later phrase
+contradicts, are no answer.
 
-A *final answer that is present but invalid* stops the search: when the last box or answer
-tag holds something that is not one of the item's options (letter F with four options, two
-letters, empty braces, free text that is no option), or the last answer phrase names a
-letter outside the options, the result is ``answer=None, method="none"`` and
-``Extraction.invalid`` holds the offending text. Lower-priority rules are not consulted,
-because they would read the reasoning that the model's own final answer overrides.
+A *final answer that is present but invalid* stops the search: when the last box, answer
+tag, JSON key or answer phrase holds something that is not one of the item's options
+(letter F with four options, two letters, "None of the Above", null), the result is
+``answer=None, method="none"`` and ``Extraction.invalid`` holds the offending text.
+Lower-priority rules are not consulted, because they would read the reasoning that the
+model's own final answer overrides. ``Extraction.cut_at`` says where an invented
+continuation was cut; ``Extraction.refused`` is true for both kinds of refusal.
 
-A thinking block that was opened and never closed (``<think>`` without a later
-``</think>``) means the response did not finish: ``terminated=False`` and no answer, even
-if the reasoning mentions one. A response that only closes a block (the ``<think>`` was in
-the prompt) is read after its last ``</think>``.
+A thinking block that was opened and never closed means the response did not finish:
+``terminated=False`` and no answer, even if the reasoning mentions one. A response that
+only closes a block (the ``<think>`` was in the prompt) is read after its last close.
+
+The optional model-based reading (``judge``, off by default) is not part of `extract`:
+`grade_generations` hands it the multiple-choice replies `judge_eligible` accepts (no
+rule read them and none refused them) and keeps only a valid letter it returns.
 """
 
 from __future__ import annotations
@@ -939,7 +948,8 @@ def _find_option_text(lower: str, start: int, opts: _Options) -> Extraction | No
 def _thinking_end(text: str) -> int | None:
     """Where the reply after the last closed thinking block starts; None when a block is left open."""
     start, last_open = 0, -1
-    for open_, close_ in _THINK_TAGS:
+    # The MedGemma pair is looked for only in replies that have one of its markers.
+    for open_, close_ in (_THINK_TAGS if "<unused9" in text else _THINK_TAGS[:1]):
         c = text.rfind(close_)
         if c >= 0:
             start = max(start, c + len(close_))
