@@ -339,8 +339,10 @@ def grade(ctx: Context, upstream: str) -> str:
     from medrecipe.sharded import GradePayload, grade_shard
 
     r = ctx.recipe
-    cfg = config_hash({"grade": r.grade,
-                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None})
+    cfg = config_hash({"grade": r.grade.model_dump(mode="json"),
+                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None,
+                       "choice_judge": r.teachers[r.grade.choice_judge] if r.grade.choice_judge
+                       else None})
     ran, rec = run_sharded_stage(ctx.run, "grade", cfg, {"generations": upstream}, ["verdicts"],
                                  grade_shard, ctx.n_shards, ctx.executor,
                                  GradePayload(ctx.models(), r.grade, ctx.items_name),
@@ -348,6 +350,11 @@ def grade(ctx: Context, upstream: str) -> str:
     ctx.log(f"grade: {'done' if ran else 'up to date'}, {rec.rows.get('verdicts', 0)} verdicts, "
             f"{rec.rows.get('correct', 0)} correct, {rec.rows.get('ungradable', 0)} without a "
             f"gradable answer ({rec.seconds:.1f}s)")
+    cj = rec.extra.get("choice_judge")
+    if cj:
+        ctx.log(f"grade: choice judge read {cj['answered']} of {cj['asked']} replies no rule read "
+                f"({cj['declined']} NONE, {cj['unparsed']} unparseable, {cj['failed']} failed, "
+                f"${cj['spend_usd']:.4f})")
     return output_fingerprint(rec)
 
 
