@@ -273,10 +273,10 @@ class OpenAICompatBackend:
             raw = resp.content
         except httpx.TimeoutException:
             raise BackendError(f"timed out after {self.teacher.timeout_s:g} s",
-                               retryable=True) from None
+                               retryable=True, unhealthy=True) from None
         except httpx.HTTPError as e:
             msg = self.redact(f"connection error: {type(e).__name__}: {e}")
-            raise BackendError(msg, retryable=True) from None
+            raise BackendError(msg, retryable=True, unhealthy=True) from None
         finally:
             self._load[shard] -= 1
         latency = time.perf_counter() - t0
@@ -305,7 +305,8 @@ class OpenAICompatBackend:
             return BackendError(msg, retryable=False, status=status, auth=True)
         retryable = status in _RETRYABLE_STATUS or status >= 500
         return BackendError(msg, retryable=retryable, status=status,
-                            retry_after=retry_after_from(headers) if retryable else None)
+                            retry_after=retry_after_from(headers) if retryable else None,
+                            unhealthy=status >= 500)
 
     def _parse(self, data: Any, request: ChatRequest, latency: float) -> ChatResponse:
         if not isinstance(data, dict):
