@@ -509,15 +509,15 @@ class _Run:
                 await self._release(reservation)
 
     # ------------------------------------------------------------------ endpoints
-    def _pick(self, t: _Teacher, avoid: _Endpoint | None
+    def _pick(self, t: _Teacher, avoid: set[_Endpoint]
               ) -> tuple[_Endpoint | None, bool, float | None]:
         """Take a slot on the best endpoint now: (endpoint or None, all down?, wake-up time).
 
-        Best: among healthy endpoints whose limiter is not paused by a 429 (without `avoid`,
-        the one that just failed this call, when there is another), a cooled-down endpoint
-        that is due its probe, else the one with the lowest in-flight / limit. Only when no
-        such endpoint exists at all does a call go to a paused one (it waits out the pause
-        in that limiter); full endpoints mean waiting for a slot, not going elsewhere.
+        Best: among healthy endpoints whose limiter is not paused by a 429 (leaving out
+        `avoid`, those that just failed this call, while there are others), a cooled-down
+        endpoint that is due its probe, else the one with the lowest in-flight / limit.
+        Only when no such endpoint exists at all does a call go to a paused one (it waits
+        out the pause in that limiter); full endpoints mean waiting for a slot there.
         """
         now = self.e.clock()
         eps = t.endpoints
@@ -526,7 +526,8 @@ class _Run:
         best: _Endpoint | None = None
         best_load = 2.0
         usable = 0
-        avoided: _Endpoint | None = None
+        fallback: _Endpoint | None = None  # the least loaded of the avoided ones
+        fallback_load = 2.0
         wake: float | None = None
         any_healthy = False
         for j in range(k):
@@ -543,16 +544,16 @@ class _Run:
             if ep.limiter.paused_until > now:
                 wake = ep.limiter.paused_until if wake is None else min(wake, ep.limiter.paused_until)
                 continue
-            usable += 1
-            if ep is avoid:
-                avoided = ep
+            if ep in avoid:
+                if load < fallback_load and ep.in_flight < ep.limit:
+                    fallback, fallback_load = ep, load
                 continue
+            usable += 1
             if load < best_load and ep.in_flight < ep.limit:
                 best, best_load = ep, load
-        if best is None and avoided is not None and usable == 1 \
-                and avoided.in_flight < avoided.limit:
-            best = avoided  # the only usable endpoint is the one that just failed
         if best is None and usable == 0:
+            best = fallback  # only endpoints that failed this call are left: try one again
+        if best is None and usable == 0 and fallback is None:
             # Every healthy endpoint is paused: the one that resumes first, if it has room.
             paused = [ep for ep in eps if ep.down_until is None and ep.in_flight < ep.limit]
             if paused:
@@ -565,7 +566,7 @@ class _Run:
             best.probing = True
         return best, False, None
 
-    async def _slot(self, t: _Teacher, attempt: int, avoid: _Endpoint | None
+    async def _slot(self, t: _Teacher, attempt: int, avoid: set[_Endpoint]
                     ) -> tuple[_Endpoint, bool] | str | None:
         """A slot on an endpoint and whether the call is a probe; an error text when every
         endpoint stayed down longer than this call's retry budget; None when the run ends."""
@@ -647,11 +648,20 @@ class _Run:
             ep.probing = False
         self._changed(t)
 
-    def _can_fail_over(self, t: _Teacher, ep: _Endpoint) -> bool:
-        """Another endpoint is healthy and not paused: a retry goes there without waiting."""
+    def _fail_over(self, t: _Teacher, tried: set[_Endpoint]) -> bool:
+        """An endpoint this call has not failed on is healthy and not paused: the retry goes
+        there at once. Once every one has failed it, the retry backs off as usual."""
         now = self.e.clock()
-        return any(o is not ep and o.down_until is None and o.limiter.paused_until <= now
+        return any(o not in tried and o.down_until is None and o.limiter.paused_until <= now
                    for o in t.endpoints)
+
+    async def _back_off(self, t: _Teacher, ep: _Endpoint, tried: set[_Endpoint],
+                        delay: float) -> None:
+        tried.add(ep)
+        if not self._fail_over(t, tried):
+            await self.e.sleep(delay)
+            tried.clear()
+            tried.add(ep)  # after the wait, still rather not the endpoint that just failed
 
     async def _fetch(self, t: _Teacher, unit: _Unit) -> None:
         """Every attempt counts: each call that may have reached the server is in the ledger,
@@ -662,11 +672,11 @@ class _Run:
         led = self._ledger(t.name)
         pending = list(unit.indices)
         attempt = 0
-        avoid: _Endpoint | None = None
+        tried: set[_Endpoint] = set()  # endpoints this call failed on since its last backoff
         while pending:
             n = len(pending) if t.native else 1
             tokens_est = unit.prompt_estimate + int(t.avg_completion * n)
-            slot = await self._slot(t, attempt, avoid)
+            slot = await self._slot(t, attempt, tried)
             if slot is None:  # the run is ending with an error
                 self.res.not_launched += len(pending)
                 return
@@ -719,9 +729,7 @@ class _Run:
                 log.debug("teacher %s, item %s: %s from %s; retry %d in %.2fs", t.name,
                           req.item_id, msg, ep.label, attempt + 1, delay)
                 attempt += 1
-                avoid = ep
-                if not self._can_fail_over(t, ep):
-                    await self.e.sleep(delay)
+                await self._back_off(t, ep, tried, delay)
                 continue
             ep.answered += 1
             ep.latency_total += resp.latency_s
@@ -749,10 +757,8 @@ class _Run:
                                                  f"{'s' if tries > 1 else ''})")
                     return
                 attempt += 1
-                avoid = ep
-                if not self._can_fail_over(t, ep):
-                    await self.e.sleep(backoff_delay(attempt - 1, cfg.backoff_base_s,
-                                                     cfg.backoff_max_s, None, self.e._rng))
+                await self._back_off(t, ep, tried, backoff_delay(
+                    attempt - 1, cfg.backoff_base_s, cfg.backoff_max_s, None, self.e._rng))
 
     # ------------------------------------------------------------------ results
     def _charge_unusable(self, t: _Teacher, resp: Any) -> None:
