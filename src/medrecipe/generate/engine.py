@@ -541,8 +541,9 @@ class _Run:
                 continue
             else:
                 load = -1.0  # its cool-down is over: the next call is its probe
-            if ep.limiter.paused_until > now:
-                wake = ep.limiter.paused_until if wake is None else min(wake, ep.limiter.paused_until)
+            resume = ep.limiter.paused_until
+            if resume > now:
+                wake = resume if wake is None else min(wake, resume)
                 continue
             if ep in avoid:
                 if load < fallback_load and ep.in_flight < ep.limit:
@@ -588,8 +589,9 @@ class _Run:
                                          for a in range(attempt, cfg.max_retries))
                 if now >= deadline:
                     n = len(t.endpoints)
-                    return (f"{'every one of the ' + str(n) + ' endpoints' if n > 1 else 'the endpoint'}"
-                            f" is down (last: {t.last_error}); waited {now - waited_from:.3g} s")
+                    which = f"every one of the {n} endpoints" if n > 1 else "the endpoint"
+                    return (f"{which} is down (last: {t.last_error}); waited "
+                            f"{now - waited_from:.3g} s")
                 wake = deadline if wake is None else min(wake, deadline)
             await self._wait_change(t, None if wake is None else wake - now)
 
