@@ -18,6 +18,7 @@ from medrecipe.generate import Engine, GenRequest, generate_stage
 from medrecipe.schema import Item, to_table
 from medrecipe.store import Run
 from medrecipe.testing.chat_server import ChatServer
+from medrecipe.testing.clock import FakeClock
 
 
 @pytest.fixture
@@ -56,20 +57,6 @@ def run(cfg: TeacherConfig, reqs, cache, **kw):
 
 def endpoint_counts(res, key: str = "requests") -> dict[str, int]:
     return {url: e[key] for url, e in res.by_teacher["t"]["endpoints"].items()}
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.now += s
-        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------------------- config
@@ -275,7 +262,7 @@ def test_a_429_on_one_server_does_not_pause_the_others(fleet, tmp_path):
 
 def test_every_endpoint_down_waits_for_cool_downs_and_stops_within_the_retry_budget(fleet,
                                                                                     tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(start=1000.0)
     servers = fleet(2)
     for s in servers:  # every request is a 503
         s.inject("503", times=10_000)
