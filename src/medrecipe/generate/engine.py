@@ -25,6 +25,7 @@ import os
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,10 @@ class _Teacher:
     consecutive_failures: int = 0
     tripped: str | None = None
     rr: int = 0  # where the next endpoint scan starts, so equal loads take turns
-    changed: asyncio.Future[None] | None = None  # set when a slot frees or health changes
+    # Calls waiting for a slot: one is woken per freed slot (waking all of them, hundreds
+    # when an endpoint of a large fleet is down, costs CPU on every call), all of them when
+    # capacity comes back (an endpoint answers again, a probe ends) or the run stops.
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     last_error: str = ""  # the last health failure, with its endpoint
 
     @property
@@ -602,38 +606,40 @@ class _Run:
 
     async def _wait_change(self, t: _Teacher, seconds: float | None) -> None:
         """Until a slot frees or an endpoint's health changes (or `seconds` pass)."""
-        fut = t.changed
-        if fut is None or fut.done():
-            fut = t.changed = asyncio.get_running_loop().create_future()
-        waits: set[asyncio.Future[Any]] = {fut}
-        timer = None
-        if seconds is not None:
-            timer = asyncio.ensure_future(self.e.sleep(max(0.0, seconds)))
-            waits.add(timer)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        t.waiters.append(fut)
+        if seconds is None:
+            await fut  # cancelled with this task if the run is interrupted
+            return
+        timer = asyncio.ensure_future(self.e.sleep(max(0.0, seconds)))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
+            if not fut.done():
+                fut.cancel()  # left in the queue; waking skips it
 
-    def _changed(self, t: _Teacher) -> None:
-        fut = t.changed
-        if fut is not None:
-            t.changed = None
+    def _wake(self, t: _Teacher, everyone: bool = False) -> None:
+        waiters = t.waiters
+        while waiters:
+            fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
+                if not everyone:
+                    return
 
     def _wake_all(self) -> None:
         for t in self.teachers.values():
-            self._changed(t)
+            self._wake(t, everyone=True)
 
     def _health(self, t: _Teacher, ep: _Endpoint, probe: bool, error: BackendError | None) -> None:
         """Track whether `ep` answers: a run of failures takes it out for a cool-down."""
         if error is None or (not error.unhealthy and error.status is not None):
+            ep.strikes = ep.downs = 0
             if ep.down_until is not None:  # it answered (an HTTP status is an answer)
                 log.warning("teacher %s: endpoint %s answers again", t.name, ep.label)
-            ep.strikes = ep.downs = 0
-            ep.down_until = None
+                ep.down_until = None
+                self._wake(t, everyone=True)
             return
         if not error.unhealthy:
             return
@@ -653,7 +659,7 @@ class _Run:
         ep.in_flight -= 1
         if probe:
             ep.probing = False
-        self._changed(t)
+        self._wake(t, everyone=probe)
 
     def _fail_over(self, t: _Teacher, tried: set[_Endpoint]) -> bool:
         """An endpoint this call has not failed on is healthy and not paused: the retry goes
