@@ -315,11 +315,13 @@ def _teachers_hash(ctx: Context) -> str:
     used = sorted(set(r.generate.routes.values()) or set(r.teachers))
     tpl = {n: load_template(r.teachers[n].template).hash for n in used if n in r.teachers}
     ctx.run.manifest.setdefault("templates", {}).update(tpl)
-    # The price table and limits do not change answers; leave them out of the fingerprint.
+    # The price table, limits and which servers answer do not change answers (the cache key
+    # has no URL either); leave them out, so adding a server to a fleet re-runs nothing.
     teach = {n: r.teachers[n].model_dump(
         mode="json", exclude={"price", "max_in_flight", "requests_per_minute",
                               "tokens_per_minute", "max_retries", "timeout_s", "backoff_base_s",
-                              "backoff_max_s", "http_transport"})
+                              "backoff_max_s", "http_transport", "base_url", "base_urls",
+                              "endpoints", "allow_insecure_http"})
         for n in used if n in r.teachers}
     return config_hash({"teachers": teach, "templates": tpl,
                         "generate": r.generate.model_dump(mode="json", exclude={"budget_usd"})})
