@@ -166,8 +166,9 @@ def demo(
 def curate(recipe: RecipeArg, override: Overrides = None,
            force: Annotated[list[str] | None, typer.Option(
                help="Re-run these stages even if up to date (ingest, measure, visual, context, "
-                    "tasks, questions, checks, probe, items; or all). Model replies still come "
-                    "from the cache.")] = None,
+                    "tasks, questions, checks, probe, items, draft, refine, verify, traces, split, "
+                    "mix, export, grpo; or all). Model replies still come from the "
+                    "cache.")] = None,
            progress: Annotated[bool | None, typer.Option(
                "--progress/--no-progress", help="Progress bars (default: on a terminal).")] = None
            ) -> None:
@@ -181,6 +182,12 @@ def curate(recipe: RecipeArg, override: Overrides = None,
     outcome = run_curation(ctx)
     print_funnel(ctx.run)
     console.print(f"{outcome.items} items: {ctx.run.path('items')}")
+    if outcome.traces is not None:
+        console.print(f"{outcome.traces} items with a reference trace")
+        for label, paths in (("SFT export", outcome.exports), ("GRPO set", outcome.grpo)):
+            for key in ("llamafactory", "trl", "jsonl_train"):
+                if key in paths:
+                    console.print(f"  {label} {key}: {paths[key]}")
     console.print(f"run directory: {outcome.run_dir}")
     if not outcome.complete:
         console.print("[yellow]some stages stopped early (budget or failed requests); re-run "

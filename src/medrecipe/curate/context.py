@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -135,15 +135,20 @@ class ContextVerdict(BaseModel):
         return [c for c in CRITERIA if getattr(self, c).verdict != "pass"]
 
 
-def json_schema() -> dict[str, Any]:
-    """The reply schema, as an OpenAI-style response_format (for endpoints that honour it)."""
+def verdict_json_schema(criteria: Sequence[str], name: str) -> dict[str, Any]:
+    """A per-criterion verdict reply as an OpenAI-style response_format JSON schema."""
     crit = {"type": "object", "additionalProperties": False, "required": ["verdict", "reason"],
             "properties": {"verdict": {"type": "string", "enum": ["pass", "fail"]},
                            "reason": {"type": "string"}}}
-    return {"type": "json_schema", "json_schema": {"name": "context_verdict", "strict": True,
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True,
             "schema": {"type": "object", "additionalProperties": False,
-                       "required": list(CRITERIA),
-                       "properties": {c: crit for c in CRITERIA}}}}
+                       "required": list(criteria),
+                       "properties": {c: crit for c in criteria}}}}
+
+
+def json_schema() -> dict[str, Any]:
+    """The reply schema, as an OpenAI-style response_format (for endpoints that honour it)."""
+    return verdict_json_schema(CRITERIA, "context_verdict")
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
