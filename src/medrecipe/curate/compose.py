@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from medrecipe.config import ExportConfig, config_hash, load_recipe, preflight
+from medrecipe.console import RunLog, console
 from medrecipe.curate import splits as sp
 from medrecipe.curate import traces as tr
 from medrecipe.curate.config import AuxiliarySpec
@@ -158,6 +159,18 @@ def _recipe_file(path: str) -> Path:
     return packaged if packaged.exists() else p
 
 
+class _IndentedLog(RunLog):
+    """An auxiliary run's log: its own file, and indented lines on the console."""
+
+    def __init__(self, inner: RunLog):  # noqa: D107 - shares the inner log's file and handlers
+        self.__dict__.update(inner.__dict__)
+
+    def __call__(self, message: str) -> None:
+        if self.echo:
+            console.print(f"  {message}")
+        self.file_only(message)
+
+
 def auxiliary_run(ctx: CurateContext, spec: AuxiliarySpec, bench: Path) -> AuxRun:
     """Bring an auxiliary OctoMed recipe up to date (or open an existing run) and return it."""
     if spec.recipe is not None:
@@ -178,6 +191,7 @@ def auxiliary_run(ctx: CurateContext, spec: AuxiliarySpec, bench: Path) -> AuxRu
         ctx.log(f"auxiliary: {recipe.name} ({path}) -> {recipe.run_dir}")
         actx = pipeline.open_context(recipe, recipe.model_dump(mode="json"),
                                      progress=ctx.progress, echo=ctx.log.echo)
+        actx.log = _IndentedLog(actx.log)
         outcome = pipeline.run_recipe(actx)
         root, name, complete = Path(recipe.run_dir), recipe.name, outcome.complete
     else:

@@ -292,6 +292,14 @@ class CurateMixConfig(_Model):
         return v
 
 
+def _grpo_instruction() -> str:
+    """The instruction `medrecipe train grpo` puts after items-table prompts (its rewards
+    score a think block followed by an answer block)."""
+    from medrecipe.train.config import GRPOConfig
+
+    return GRPOConfig.model_fields["instruction"].default
+
+
 class GrpoSetConfig(_Model):
     """The GRPO set: held-out curated items plus named auxiliary sources, counted per source."""
 
@@ -299,8 +307,10 @@ class GrpoSetConfig(_Model):
     curated: int | None = Field(default=None, ge=0)  # from the grpo split (None: all of it)
     sources: dict[str, int] = Field(default_factory=dict)  # auxiliary source -> questions
     seed: int = 0
-    dataset_name: str = "grpo"
-    instruction: str | None = None  # appended to every prompt (after the options)
+    dataset_name: str = Field(default="grpo", pattern=r"^[A-Za-z0-9_.-]+$")
+    # Appended to every prompt (after the options); by default the one GRPO's format
+    # reward expects. null: none.
+    instruction: str | None = Field(default_factory=_grpo_instruction)
     system_prompt: str | None = None
 
 
