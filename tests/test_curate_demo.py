@@ -113,9 +113,18 @@ def test_packaged_curation_recipes_validate():
     recipe, _ = load_curate_recipe(packaged_recipe("openmedreason"))
     assert recipe.sources[0].adapter == "open_pmc" and recipe.probe.teacher == "prober"
     assert recipe.context.teacher == recipe.tasks.teacher == recipe.questions.teacher == "judge"
+    assert recipe.traces and recipe.split.benchmark == 1500
+    assert recipe.draft.teacher == "drafter" and recipe.verify.teacher == "verifier"
+    assert (recipe.grpo.curated or 0) + sum(recipe.grpo.sources.values()) == 5120
+    from medrecipe.curate.compose import auxiliary_recipe, check_auxiliary
+
+    check_auxiliary(recipe)  # the auxiliary OctoMed recipe loads and has the benchmark source
+    _, aux = auxiliary_recipe(recipe.mix.auxiliary[0])
+    assert set(recipe.grpo.sources) <= {s.name for s in aux.sources_by_role("train")}
     demo, _ = load_curate_recipe(packaged_recipe("curate_demo"))
     assert Path(demo.sources[0].path).is_file()
     assert Path(demo.teachers["curator"].replay_path).is_file()
+    assert Path(demo.teachers["verifier"].replay_path).is_file()
 
 
 def _lines(path: Path) -> list[dict]:

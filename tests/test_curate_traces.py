@@ -225,3 +225,66 @@ def test_only_passing_traces_are_exported_and_the_benchmark_never(traced):
     assert (root / "benchmark" / bench[0]["images"][0]).is_file()
     # A re-run asks nothing new.
     assert traced["rerun_requests"] == 0
+
+
+def test_verification_switched_off_keeps_refined_traces_unverified(tmp_path):
+    with ChatServer(responder=responder) as srv:
+        recipe, data = _recipe(tmp_path, srv.base_url, verify={"enabled": False},
+                               split={"benchmark": 0, "grpo": 0})
+        run_curation(open_curate_context(recipe, data, progress=False, echo=False))
+        assert not any("Check the trace against" in _text(b) for b in srv.bodies())
+    rows = pq.read_table(tmp_path / "run" / "curate" / "verified.parquet").to_pylist()
+    assert {r["status"] for r in rows} == {"not_verified"} and len(rows) == 6
+    # Code checks still apply: the missing section and the wrong option never get exported.
+    exported = {r["item_id"].split("/")[1] for r in _exported(tmp_path / "run")}
+    assert exported == {"good", "inconsistent", "unjustified", "not_useful", "never_parses",
+                        "reask"}
+
+
+def test_an_existing_octomed_run_feeds_the_mix_and_the_grpo_set(tmp_path):
+    from medrecipe import pipeline
+    from medrecipe.cli import packaged_recipe
+    from medrecipe.config import load_recipe
+
+    with ChatServer(responder=responder) as srv:
+        recipe, data = _recipe(tmp_path, srv.base_url, split={"benchmark": 1, "grpo": 1})
+        run_curation(open_curate_context(recipe, data, progress=False, echo=False))
+        bench = tmp_path / "run" / "benchmark" / "curated_bench.jsonl"
+        aux, _ = load_recipe(packaged_recipe("curate_aux_demo"), [
+            f"run_dir={tmp_path / 'aux'}", f"sources.4.path={bench}"])
+        aux.sources = [s for s in aux.sources if s.name != "demo_overlap"]  # the demo's own
+        assert pipeline.run_recipe(pipeline.open_context(aux, echo=False)).complete
+        data.update(mix={"auxiliary": [{"run": str(tmp_path / "aux")}],
+                         "quotas": {"demo_image_mcq": 3}, "family_quotas": {"open_vqa": 0}},
+                    grpo={"sources": {"demo_classification": 2}})
+        recipe = curate_recipe_from_data(data)
+        outcome = run_curation(open_curate_context(recipe, data, progress=False, echo=False))
+    sft = _exported(tmp_path / "run")
+    per_source = {}
+    for r in sft:
+        per_source.setdefault(r["source"], set()).add(r["item_id"])
+    assert len(per_source["demo_image_mcq"]) == 3 and "demo_open_vqa" not in per_source
+    assert "s" not in per_source  # the two traces went to the benchmark and the GRPO hold-out
+    grpo = [json.loads(x) for x in open(outcome.grpo["jsonl_train"]).read().splitlines()]
+    assert sorted(r["source"] for r in grpo) == ["demo_classification", "demo_classification",
+                                                 "s"]
+    assert not {r["item_id"] for r in grpo} & {r["item_id"] for r in sft}
+
+
+@pytest.mark.parametrize("over, where, message", [
+    ({"verify": None}, "", "traces need draft, refine and verify"),
+    ({"split": {"benchmark": 1.5}}, "split.benchmark", "a share must lie in [0, 1)"),
+    ({"mix": {"auxiliary": [{"recipe": "a.yaml", "run": "runs/a"}]}}, "mix.auxiliary.0",
+     "not both"),
+    ({"grpo": {"sources": {"pmc_vqa": 10}}}, "", "lists no auxiliary run"),
+])
+def test_recipe_mistakes_fail_with_their_yaml_path(tmp_path, over, where, message):
+    from medrecipe.errors import RecipeError
+
+    _, data = _recipe(tmp_path, "http://127.0.0.1:9/v1")
+    data.update(over)
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(RecipeError) as e:
+        curate_recipe_from_data(data)
+    loc, msg = e.value.problems[0]
+    assert loc.startswith(where) and message in msg

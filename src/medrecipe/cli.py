@@ -100,9 +100,14 @@ def validate(recipe: RecipeArg, override: Overrides = None) -> None:
         from medrecipe.curate.config import load_curate_recipe
 
         c, _ = load_curate_recipe(recipe, override or [])
+        if c.traces:
+            from medrecipe.curate.compose import check_auxiliary
+
+            check_auxiliary(c)
         console.print(f"[green]ok[/green]: curation recipe {c.name!r}: {len(c.sources)} "
-                      f"source(s), {len(c.teachers)} teacher(s); run directory "
-                      f"{c.resolved_run_dir()}")
+                      f"source(s), {len(c.teachers)} teacher(s)"
+                      + (f", {len(c.mix.auxiliary)} auxiliary run(s)" if c.traces else "")
+                      + f"; run directory {c.resolved_run_dir()}")
         return
     r, _ = _load(recipe, override, preflight=True)
     console.print(f"[green]ok[/green]: recipe {r.name!r}: {len(r.sources)} source(s), "

@@ -171,21 +171,42 @@ class _IndentedLog(RunLog):
         self.file_only(message)
 
 
+def auxiliary_recipe(spec: AuxiliarySpec, index: int = 0):
+    """The auxiliary OctoMed recipe of an entry, validated; RecipeError names what is wrong."""
+    from medrecipe.config import Recipe
+
+    loc = f"mix.auxiliary.{index}"
+    path = _recipe_file(spec.recipe or "")
+    if not path.is_file():
+        raise RecipeError([(f"{loc}.recipe", f"file not found: {path} (an OctoMed recipe, "
+                                             "relative to the curation recipe's folder)")])
+    recipe: Recipe = load_recipe(path, spec.overrides)[0]
+    if spec.benchmark_source is not None:
+        src = next((s for s in recipe.sources if s.name == spec.benchmark_source), None)
+        if src is None or src.role != "benchmark":
+            raise RecipeError([(f"{loc}.benchmark_source",
+                                f"{path} has no source {spec.benchmark_source!r} with role: "
+                                "benchmark")])
+    return path, recipe
+
+
+def check_auxiliary(recipe) -> None:
+    """Fail before any work when an auxiliary recipe cannot be read (a CurateRecipe)."""
+    for i, spec in enumerate(recipe.mix.auxiliary):
+        if spec.recipe is not None:
+            auxiliary_recipe(spec, i)
+
+
 def auxiliary_run(ctx: CurateContext, spec: AuxiliarySpec, bench: Path) -> AuxRun:
     """Bring an auxiliary OctoMed recipe up to date (or open an existing run) and return it."""
     if spec.recipe is not None:
         from medrecipe import pipeline
 
-        path = _recipe_file(spec.recipe)
-        recipe, _ = load_recipe(path, spec.overrides)
+        path, recipe = auxiliary_recipe(spec)
         recipe.run_dir = str(Path(spec.run_dir) if spec.run_dir
                              else ctx.run.root / "auxiliary" / recipe.name)
         if spec.benchmark_source is not None:
-            src = next((s for s in recipe.sources if s.name == spec.benchmark_source), None)
-            if src is None or src.role != "benchmark":
-                raise RecipeError([("mix.auxiliary.benchmark_source",
-                                    f"{path} has no source {spec.benchmark_source!r} with "
-                                    "role: benchmark")], str(path))
+            src = next(s for s in recipe.sources if s.name == spec.benchmark_source)
             src.path, src.format, src.adapter = str(bench), "jsonl", "generic"
         preflight(recipe, str(path))
         ctx.log(f"auxiliary: {recipe.name} ({path}) -> {recipe.run_dir}")

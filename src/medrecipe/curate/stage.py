@@ -853,6 +853,10 @@ class CurateOutcome:
 def run_curation(ctx: CurateContext) -> CurateOutcome:
     """Every curation stage in order; each is skipped when up to date and resumed otherwise."""
     try:
+        if ctx.recipe.traces:
+            from medrecipe.curate.compose import check_auxiliary
+
+            check_auxiliary(ctx.recipe)  # a broken auxiliary recipe fails before any work
         fps = {s.name: ingest_source(ctx, s) for s in ctx.recipe.sources}
         fp = measure(ctx, fps)
         fp = visual_stage(ctx, fp)
