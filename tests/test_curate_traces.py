@@ -12,6 +12,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from chat_helpers import prompt_text
 from curate_images import clean_set
 from medrecipe.curate.config import curate_recipe_from_data
 from medrecipe.curate.stage import open_curate_context, run_curation
@@ -38,13 +39,7 @@ GOOD = {"perception": "Axial chest CT with a spiculated mass in one lung lobe.",
                          "carcinoma."}
 
 
-def _text(body) -> str:
-    parts = []
-    for m in body["messages"]:
-        c = m["content"]
-        parts.append(c if isinstance(c, str) else " ".join(p.get("text", "") for p in c
-                                                           if p.get("type") == "text"))
-    return "\n".join(parts)
+_text = prompt_text
 
 
 def _case(text: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -95,6 +96,32 @@ def _failure(reply: Reply, step: str) -> str:
     return f"{step}_unparsed" if reply.status == "unparsed" else f"{step}_failed"
 
 
+@dataclass
+class _Tally:
+    """What one trace stage removed (by reason), quarantined and left waiting."""
+
+    stage: str
+    removed: Counter = field(default_factory=Counter)
+    quarantine: list = field(default_factory=list)
+    pending: int = 0
+
+    def drop(self, it: Item, reason: str, detail: str, raw: Any = None) -> None:
+        self.removed[reason] += 1
+        self.quarantine.append(quarantine_row(f"curate.{self.stage}", it.source, it.id, reason,
+                                              detail, raw))
+
+    def unusable(self, it: Item, reply: Reply, reason: str | None = None) -> bool:
+        """Count a reply without a parsed value (waiting, unparsed, failed); True if it is one."""
+        if reply.status == "pending":
+            self.pending += 1
+            return True
+        if reply.status == "ok":
+            return False
+        self.drop(it, reason or _failure(reply, self.stage), _detail(reply),
+                  {"reply": reply.text})
+        return True
+
+
 def _detail(reply: Reply) -> str:
     if reply.status != "unparsed":
         return str(reply.error)
@@ -125,13 +152,17 @@ def _ask(ctx: CurateContext, step: ModelStep, prompts: list[Prompt],
                             description=description)
 
 
-def _finish(n_in: int, n_out: int, removed: Counter, pending: int, res: AskResult | None,
-            **extra: Any) -> StageResult:
+def _finish(ctx: CurateContext, t: _Tally, n_in: int, rows: list[dict[str, Any]],
+            res: AskResult | None, **extra: Any) -> StageResult:
+    """Write the stage's quarantine and return its result with its funnel line."""
+    ctx.run.write_quarantine(f"curate.{t.stage}", t.quarantine)
+    n_out = sum(1 for r in rows if r["kept"])
     out = {**(_model_extra(res) if res is not None else {}), **extra,
-           "funnel": funnel_entry("item", n_in, n_out, removed, pending)}
-    failed = sum(n for r, n in removed.items() if r.endswith("_failed"))
-    return StageResult(rows={"kept": n_out, "removed": sum(removed.values()), "pending": pending},
-                       complete=pending == 0 and not failed, extra=out)
+           "funnel": funnel_entry("item", n_in, n_out, t.removed, t.pending)}
+    failed = sum(n for r, n in t.removed.items() if r.endswith("_failed"))
+    return StageResult(rows={"kept": n_out, "removed": sum(t.removed.values()),
+                             "pending": t.pending},
+                       complete=t.pending == 0 and not failed, extra=out)
 
 
 # --------------------------------------------------------------------------- draft
@@ -145,40 +176,29 @@ def draft_stage(ctx: CurateContext, upstream: str) -> str:
 
     def body() -> StageResult:
         items = read_items(ctx)
-        rows, quarantine, todo = [], [], []
-        removed: Counter = Counter()
+        rows, todo = [], []
+        t = _Tally("draft")
         words: dict[str, int] = {}
         for it in items:
             words[it.id] = tr.context_words(tr.source_context(it.meta or {}))
             if words[it.id] < cfg.min_context_words:
-                removed["no_source_context"] += 1
-                quarantine.append(quarantine_row(
-                    "curate.draft", it.source, it.id, "no_source_context",
-                    f"the sub-caption, caption and in-text references hold {words[it.id]} "
-                    f"words (draft.min_context_words is {cfg.min_context_words})"))
+                t.drop(it, "no_source_context",
+                       f"the sub-caption, caption and in-text references hold {words[it.id]} "
+                       f"words (draft.min_context_words is {cfg.min_context_words})")
                 rows.append(_draft_row(it, words[it.id], "no_source_context"))
             else:
                 todo.append(it)
         prompts = [_prompt(tpl, it, cfg, "draft") for it in todo]
         res = _ask(ctx, cfg, prompts, lambda _k, text: tr.parse_draft(text, cfg.min_words),
                    "trace drafts")
-        pending = 0
         for it in todo:
             reply = res.replies[f"{it.id}#draft"]
             row = _draft_row(it, words[it.id], reply.status, reply)
-            if reply.status == "pending":
-                pending += 1
-            elif reply.status != "ok":
-                reason = _failure(reply, "draft")
-                removed[reason] += 1
-                quarantine.append(quarantine_row("curate.draft", it.source, it.id, reason,
-                                                 _detail(reply), {"reply": reply.text}))
-            else:
+            if not t.unusable(it, reply):
                 row.update(kept=True, draft=reply.value)
             rows.append(row)
         ctx.run.write_table(DRAFTS, pa.Table.from_pylist(rows, schema=DRAFT_SCHEMA))
-        ctx.run.write_quarantine("curate.draft", quarantine)
-        return _finish(len(items), sum(r["kept"] for r in rows), removed, pending, res)
+        return _finish(ctx, t, len(items), rows, res)
 
     return _model_stage(ctx, "draft", cfg, {"items": upstream}, [DRAFTS], body, "drafts")
 
@@ -214,21 +234,16 @@ def refine_stage(ctx: CurateContext, upstream: str) -> str:
         res = _ask(ctx, cfg, prompts,
                    lambda _k, text: tr.parse_refined(text, cfg.min_section_words),
                    "trace refinement")
-        rows, quarantine = [], []
-        removed: Counter = Counter()
-        pending = 0
+        rows = []
+        t = _Tally("refine")
         for it in items:
             reply = res.replies[f"{it.id}#refine"]
             row = {"item_id": it.id, "source": it.source, "kept": False, "status": reply.status,
                    "sections": None, "failed": [], "detail": None, **_call_fields(reply)}
-            if reply.status == "pending":
-                pending += 1
-            elif reply.status != "ok":
-                reason = _refine_reason(reply, cfg.min_section_words)
-                removed[reason] += 1
-                row.update(failed=[reason], detail=_detail(reply))
-                quarantine.append(quarantine_row("curate.refine", it.source, it.id, reason,
-                                                 _detail(reply), {"reply": reply.text}))
+            reason = _refine_reason(reply, cfg.min_section_words)
+            if t.unusable(it, reply, reason):
+                if reply.status != "pending":
+                    row.update(failed=[reason], detail=_detail(reply))
             else:
                 found = tr.check_refined(reply.value, it.options, it.answer,
                                          (it.meta or {}).get("answer_format"),
@@ -236,24 +251,22 @@ def refine_stage(ctx: CurateContext, upstream: str) -> str:
                 row["sections"] = _json(reply.value)
                 if found:
                     detail = "; ".join(d for _, d in found)
-                    removed[found[0][0]] += 1
                     row.update(failed=[r for r, _ in found], detail=detail)
-                    quarantine.append(quarantine_row("curate.refine", it.source, it.id,
-                                                     found[0][0], detail,
-                                                     {"sections": reply.value}))
+                    t.drop(it, found[0][0], detail, {"sections": reply.value})
                 else:
                     row["kept"] = True
             rows.append(row)
         ctx.run.write_table(REFINED, pa.Table.from_pylist(rows, schema=REFINE_SCHEMA))
-        ctx.run.write_quarantine("curate.refine", quarantine)
-        return _finish(len(items), sum(r["kept"] for r in rows), removed, pending, res)
+        return _finish(ctx, t, len(items), rows, res)
 
     return _model_stage(ctx, "refine", cfg, {"draft": upstream}, [REFINED], body,
                         "refined traces")
 
 
-def _refine_reason(reply: Reply, min_words: int) -> str:
+def _refine_reason(reply: Reply, min_words: int) -> str | None:
     """Quarantine reason of a refined trace that never parsed: missing section or other."""
+    if reply.status in ("ok", "pending"):
+        return None
     if reply.status != "unparsed":
         return "refine_failed"
     try:
@@ -287,37 +300,26 @@ def verify_stage(ctx: CurateContext, upstream: str) -> str:
         prompts = [_prompt(tpl, it, cfg, "verify", trace=sections[it.id]) for it in items]
         res = _ask(ctx, cfg, prompts, lambda _k, text: tr.parse_verdict(text),
                    "trace verification", sampling)
-        rows, quarantine = [], []
-        removed: Counter = Counter()
+        rows = []
+        t = _Tally("verify")
         by_criterion: Counter = Counter()
-        pending = 0
         for it in items:
             reply = res.replies[f"{it.id}#verify"]
             row = {"item_id": it.id, "source": it.source, "kept": False, "status": reply.status,
                    "verdicts": None, "failed": [], **_call_fields(reply)}
-            if reply.status == "pending":
-                pending += 1
-            elif reply.status != "ok":
-                reason = _failure(reply, "verify")
-                removed[reason] += 1
-                quarantine.append(quarantine_row("curate.verify", it.source, it.id, reason,
-                                                 _detail(reply), {"reply": reply.text}))
-            else:
+            if not t.unusable(it, reply):
                 verdict: tr.TraceVerdict = reply.value
                 failed = verdict.failed()
                 row.update(verdicts=_json(verdict.model_dump()), failed=failed,
                            kept=not failed)
                 by_criterion.update(failed)
                 if failed:
-                    removed[f"verify:{failed[0]}"] += 1
-                    quarantine.append(quarantine_row(
-                        "curate.verify", it.source, it.id, f"verify:{failed[0]}",
-                        "; ".join(f"{c}: {getattr(verdict, c).reason}" for c in failed),
-                        {"sections": sections[it.id]}))
+                    t.drop(it, f"verify:{failed[0]}",
+                           "; ".join(f"{c}: {getattr(verdict, c).reason}" for c in failed),
+                           {"sections": sections[it.id]})
             rows.append(row)
         ctx.run.write_table(VERIFIED, pa.Table.from_pylist(rows, schema=VERIFY_SCHEMA))
-        ctx.run.write_quarantine("curate.verify", quarantine)
-        return _finish(len(items), sum(r["kept"] for r in rows), removed, pending, res,
+        return _finish(ctx, t, len(items), rows, res,
                        failed_by_criterion={c: by_criterion.get(c, 0)
                                             for c in tr.VERIFY_CRITERIA})
 
@@ -334,8 +336,7 @@ def _verify_off(ctx: CurateContext, upstream: str) -> str:
                  "verdicts": None, "failed": [], "text": None, "attempts": 0, "error": None,
                  "key": None, "model": None} for i, r in refined.items()]
         ctx.run.write_table(VERIFIED, pa.Table.from_pylist(rows, schema=VERIFY_SCHEMA))
-        ctx.run.write_quarantine("curate.verify", [])
-        return _finish(len(rows), len(rows), Counter(), 0, None)
+        return _finish(ctx, _Tally("verify"), len(rows), rows, None)
 
     ran, rec = run_stage(ctx.run, "curate.verify", config_hash({"enabled": False}),
                          {"refine": upstream}, [VERIFIED], body, force=ctx.forced("verify"))

@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import Any, ClassVar
 
 from medrecipe.answers import extract, normalize_open
 from medrecipe.curate import ParseError
 from medrecipe.curate.context import (
     CriterionVerdict,
-    json_object,
-    schema_problem,
+    VerdictSet,
+    parse_verdicts,
     verdict_json_schema,
 )
 from medrecipe.schema import LETTERS
@@ -229,27 +227,18 @@ def check_refined(sections: Mapping[str, str], options: Sequence[str], correct: 
 # --------------------------------------------------------------------------- verify
 
 
-class TraceVerdict(BaseModel):
+class TraceVerdict(VerdictSet):
     """The verifier's reply: one verdict per criterion, nothing else."""
 
-    model_config = ConfigDict(extra="forbid")
-
+    criteria: ClassVar[tuple[str, ...]] = VERIFY_CRITERIA
     source_consistency: CriterionVerdict
     answer_justification: CriterionVerdict
     reasoning_utility: CriterionVerdict
 
-    def failed(self) -> list[str]:
-        """Criteria that did not pass, in VERIFY_CRITERIA order."""
-        return [c for c in VERIFY_CRITERIA if getattr(self, c).verdict != "pass"]
-
 
 def parse_verdict(text: str | None) -> TraceVerdict:
     """The verifier's verdicts, validated against the schema; ParseError otherwise."""
-    data = json_object(visible_text(text))
-    try:
-        return TraceVerdict.model_validate(data)
-    except ValidationError as e:
-        raise ParseError(f"the verdict does not match the schema ({schema_problem(e)})") from None
+    return parse_verdicts(TraceVerdict, visible_text(text))
 
 
 def verify_json_schema() -> dict[str, Any]:
