@@ -204,6 +204,12 @@ class GenerateConfig(_Model):
 class GradeConfig(_Model):
     judge: str | None = None  # teacher name used to grade free-form answers
     judge_template: str = "judge_open"
+    # Teacher that reads the option a multiple-choice reply commits to when no extraction
+    # rule read it (method "judge"); off when None. Replies refused for several letters, an
+    # invalid answer, an invented continuation or open thinking are never sent.
+    choice_judge: str | None = None
+    choice_judge_template: str = "judge_choice"
+    choice_judge_budget_usd: float | None = Field(default=None, gt=0)  # null: no cap
 
 
 class PassRateFilter(_Model):
@@ -342,6 +348,7 @@ class Recipe(_Model):
             if teacher not in self.teachers:
                 raise ValueError(f"generate.routes.{task} names unknown teacher {teacher!r}")
         for label, t in (("grade.judge", self.grade.judge),
+                         ("grade.choice_judge", self.grade.choice_judge),
                          ("annotate.labeller", self.annotate.labeller),
                          ("select.difficulty.judge",
                           self.select.difficulty.judge if self.select.difficulty else None)):
@@ -466,6 +473,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         t.replay_path = resolve_path(t.replay_path, base)
         t.template = resolve_path(t.template, base) or t.template
     recipe.grade.judge_template = resolve_path(recipe.grade.judge_template, base) or "judge_open"
+    recipe.grade.choice_judge_template = (resolve_path(recipe.grade.choice_judge_template, base)
+                                          or "judge_choice")
     recipe.annotate.template = resolve_path(recipe.annotate.template, base) or "annotate"
     if recipe.select.difficulty:
         d = recipe.select.difficulty
@@ -483,6 +492,7 @@ def used_teachers(recipe: Recipe) -> dict[str, str]:
         for name in recipe.teachers:
             used.setdefault(name, f"teachers.{name}")
     for label, name in (("grade.judge", recipe.grade.judge),
+                        ("grade.choice_judge", recipe.grade.choice_judge),
                         ("annotate.labeller", recipe.annotate.labeller if recipe.annotate.enabled
                          else None),
                         ("select.difficulty.judge",
@@ -532,6 +542,8 @@ def preflight(recipe: Recipe, path: str | None = None) -> None:
         problems += teacher_problems(name, recipe.teachers[name], where)
     templates = [("grade.judge_template", recipe.grade.judge_template if recipe.grade.judge
                   else None),
+                 ("grade.choice_judge_template", recipe.grade.choice_judge_template
+                  if recipe.grade.choice_judge else None),
                  ("annotate.template", recipe.annotate.template if recipe.annotate.enabled
                   else None),
                  ("select.difficulty.template",

@@ -192,22 +192,25 @@ def output_fingerprint(rec) -> str:
 # --------------------------------------------------------------------------- prepare
 
 
+GENERATIONS_PER_SHARD = 50_000
+
+
 def choose_shards(recipe: Recipe, run: Run, n_items: int) -> int:
     """Shard count: the recipe's, else the one this run already uses, else from the size.
 
-    The automatic choice (about 25,000 questions per shard) is made once and recorded, so
-    a source that grows later does not reshuffle the shards of an existing run.
+    The automatic choice (about 50,000 sampled responses, n x questions, per shard) is made
+    once and recorded, so a source that grows later does not reshuffle an existing run.
     """
     if recipe.shards:
         return recipe.shards
     if run.manifest.get("shards"):
         return int(run.manifest["shards"])
-    return max(1, min(4096, -(-n_items // 25_000)))
+    return max(1, min(4096, -(-n_items * recipe.generate.n // GENERATIONS_PER_SHARD)))
 
 
 def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
     """Decontaminate, dedup images, resize and balance the training items -> items shards."""
-    from medrecipe.prepare.stage import prepare as prepare_items
+    from medrecipe.prepare.stage import prepare_flags_schema, prepare_stream
     from medrecipe.shards import ShardWriter
 
     r = ctx.recipe
@@ -219,8 +222,15 @@ def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
     ctx.run.set_meta(shards=n_shards)
 
     def body() -> StageResult:
-        result = prepare_items(read_source_items(ctx.run, train), read_source_items(ctx.run, bench),
-                               r.prepare, ctx.images)
+        from medrecipe.schema import QUARANTINE_SCHEMA, to_table
+
+        bench_items = read_source_items(ctx.run, bench)  # small: held whole for its indexes
+
+        def train_batches():
+            for name in train:
+                if ctx.run.has(f"ingest/{name}"):
+                    yield from ctx.run.iter_batches(f"ingest/{name}", r.batch_size)
+
         folder = ctx.run.path("items")
         if folder.exists() and not folder.is_dir():
             folder.unlink()  # an unsharded items.parquet of an older run
@@ -229,18 +239,36 @@ def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
 
             shutil.rmtree(folder)
         writer = ShardWriter(folder, n_shards, ITEM_SCHEMA, key="id")
+        flags = ctx.run.sink("prepare_flags", prepare_flags_schema(bench_items, r.prepare))
+        quarantine = ctx.run.sink(str(ctx.run.quarantine_path("prepare").relative_to(ctx.run.root)),
+                                  QUARANTINE_SCHEMA)
+        kept = removed = 0
+
+        def emit_items(t: pa.Table) -> None:
+            nonlocal kept
+            writer.write(t)
+            kept += t.num_rows
+
+        def emit_quarantine(rows: list) -> None:
+            nonlocal removed
+            if rows:
+                quarantine.write(to_table(rows, QUARANTINE_SCHEMA))
+                removed += len(rows)
+
         try:
-            writer.write(result.items)
+            counts, details = prepare_stream(train_batches, bench_items, r.prepare, ctx.images,
+                                             emit_items=emit_items, emit_flags=flags.write,
+                                             emit_quarantine=emit_quarantine)
         except BaseException:
             writer.abort()
+            flags.abort()
+            quarantine.abort()
             raise
         writer.commit()
-        if getattr(result, "flags", None) is not None:
-            ctx.run.write_table("prepare_flags", result.flags)
-        ctx.run.write_quarantine("prepare", result.quarantine)
-        return StageResult(rows={"items": result.items.num_rows,
-                                 "removed": len(result.quarantine)},
-                           extra={"removed": result.counts, "shards": n_shards, **result.details})
+        flags.commit()
+        quarantine.commit()
+        return StageResult(rows={"items": kept, "removed": removed},
+                           extra={"removed": counts, "shards": n_shards, **details})
 
     ran, rec = run_stage(ctx.run, "prepare", config_hash({"prepare": r.prepare, "shards": n_shards}),
                          inputs, ["items"], body, force=ctx.forced("prepare"))
@@ -336,8 +364,10 @@ def grade(ctx: Context, upstream: str) -> str:
     from medrecipe.sharded import GradePayload, grade_shard
 
     r = ctx.recipe
-    cfg = config_hash({"grade": r.grade,
-                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None})
+    cfg = config_hash({"grade": r.grade.model_dump(mode="json"),
+                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None,
+                       "choice_judge": r.teachers[r.grade.choice_judge] if r.grade.choice_judge
+                       else None})
     ran, rec = run_sharded_stage(ctx.run, "grade", cfg, {"generations": upstream}, ["verdicts"],
                                  grade_shard, ctx.n_shards, ctx.executor,
                                  GradePayload(ctx.models(), r.grade, ctx.items_name),
@@ -345,6 +375,11 @@ def grade(ctx: Context, upstream: str) -> str:
     ctx.log(f"grade: {'done' if ran else 'up to date'}, {rec.rows.get('verdicts', 0)} verdicts, "
             f"{rec.rows.get('correct', 0)} correct, {rec.rows.get('ungradable', 0)} without a "
             f"gradable answer ({rec.seconds:.1f}s)")
+    cj = rec.extra.get("choice_judge")
+    if cj:
+        ctx.log(f"grade: choice judge read {cj['answered']} of {cj['asked']} replies no rule read "
+                f"({cj['declined']} NONE, {cj['unparsed']} unparseable, {cj['failed']} failed, "
+                f"${cj['spend_usd']:.4f})")
     return output_fingerprint(rec)
 
 

@@ -396,7 +396,8 @@ def _new_counts() -> dict[str, int]:
 
 
 def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: SelectConfig,
-           difficulty: dict[str, int] | None = None, *, defer_mix: bool = False) -> SelectResult:
+           difficulty: dict[str, int] | None = None, *, defer_mix: bool = False,
+           texts: Any = None) -> SelectResult:
     """Rejection-sample, filter, cap, mix and split graded traces into training examples.
 
     With `defer_mix` the mix quotas are not applied here: the result keeps every candidate
@@ -404,6 +405,10 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
     candidate question, so that a sharded run can set the quotas from all shards together
     (`mix_thresholds`) and apply them shard by shard (`apply_mix`), with the same result as
     selecting everything at once.
+
+    `texts(keys) -> table` (key, text, reasoning, model, completion_tokens) fetches the
+    texts of the candidate traces when `generations` was read without them (a sharded run
+    reads them from the shard file, only for the traces that survive the filters).
     """
     if config.difficulty is not None and difficulty is None:
         raise UserError(
@@ -533,7 +538,8 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
     gen_text: dict[str, tuple[str | None, str | None]] = {}
     gen_meta: dict[str, tuple[str | None, int | None]] = {}
     if want:
-        sub = generations.filter(pc.is_in(generations.column("key"), pa.array(want, pa.string())))
+        sub = texts(want) if texts is not None else generations.filter(
+            pc.is_in(generations.column("key"), pa.array(want, pa.string())))
         sub_cols = {c: _col(sub, c) for c in ("key", "text", "reasoning", "model",
                                               "completion_tokens")}
         for j, key in enumerate(sub_cols["key"]):

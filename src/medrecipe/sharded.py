@@ -27,7 +27,7 @@ from medrecipe.config import (
 )
 from medrecipe.executors import ShardJob, ShardOutcome
 from medrecipe.schema import GENERATION_SCHEMA, ITEM_SCHEMA, VERDICT_SCHEMA, Generation, to_table
-from medrecipe.shards import shard_file, write_shard
+from medrecipe.shards import iter_batches, shard_file, write_shard
 
 __all__ = ["Budget", "ModelAccess", "annotate_shard", "generate_shard", "grade_shard",
            "mix_shard", "select_shard"]
@@ -153,33 +153,54 @@ class GradePayload:
 
 
 def grade_shard(job: ShardJob) -> ShardOutcome:
-    """A verdict per generation of one shard -> verdicts shard."""
+    """A verdict per generation of one shard -> verdicts shard (generations read in batches)."""
     from medrecipe.answers import grade_generations
+    from medrecipe.store import ParquetSink
 
     p: GradePayload = job.payload
-    judge, cache = None, None
+    judge = reader = cache = None
+    if p.config.judge or p.config.choice_judge:
+        cache = _cache(p.models, job)
     if p.config.judge:
         from medrecipe.judge import make_open_judge
 
-        cache = _cache(p.models, job)
         judge = make_open_judge(p.config.judge, p.models.teachers, p.config.judge_template, cache,
                                 _images(p.models), progress=p.models.progress,
                                 backends=p.models.backends)
+    if p.config.choice_judge:
+        from medrecipe.judge import ChoiceReader
+
+        reader = ChoiceReader(p.config.choice_judge, p.models.teachers,
+                              p.config.choice_judge_template, cache, _images(p.models),
+                              progress=p.models.progress, backends=p.models.backends,
+                              budget_usd=p.config.choice_judge_budget_usd)
+    items = _read(job, p.items, ITEM_SCHEMA)
+    sink = ParquetSink(_out(job, "verdicts"), VERDICT_SCHEMA)
+    rows = {"verdicts": 0, "correct": 0, "ungradable": 0}
+    methods: dict[str, int] = {}
     try:
-        v = grade_generations(_read(job, "generations", GENERATION_SCHEMA),
-                              _read(job, p.items, ITEM_SCHEMA), p.config, judge=judge)
+        for batch in iter_batches(_out(job, "generations"), 8192):
+            v = grade_generations(batch, items, p.config, judge=judge, choice_judge=reader)
+            sink.write(v)
+            correct = v.column("correct").to_pylist()
+            rows["verdicts"] += v.num_rows
+            rows["correct"] += sum(1 for c in correct if c is True)
+            rows["ungradable"] += sum(1 for c in correct if c is None)
+            for m in v.column("method").to_pylist():
+                methods[m] = methods.get(m, 0) + 1
+    except BaseException:
+        sink.abort()
+        raise
     finally:
         if cache is not None:
             cache.close()
-    write_shard(_out(job, "verdicts"), v, VERDICT_SCHEMA)
-    correct = v.column("correct").to_pylist()
-    methods: dict[str, int] = {}
-    for m in v.column("method").to_pylist():
-        methods[m] = methods.get(m, 0) + 1
-    return ShardOutcome(job.shard, rows={"verdicts": v.num_rows,
-                                         "correct": sum(1 for c in correct if c is True),
-                                         "ungradable": sum(1 for c in correct if c is None)},
-                        stats={"methods": methods})
+    sink.commit()
+    stats: dict[str, Any] = {"methods": methods}
+    complete = True
+    if reader is not None:
+        stats["choice_judge"] = reader.counts()
+        complete = bool(stats["choice_judge"].pop("complete", True))
+    return ShardOutcome(job.shard, rows=rows, complete=complete, stats=stats)
 
 
 # --------------------------------------------------------------------------- select
@@ -216,9 +237,22 @@ def select_shard(job: ShardJob) -> ShardOutcome:
         extra["difficulty"] = {"rated": len(ratings), "unparsed": res.unparsed,
                                "failed": res.failed, "spend_usd": res.spend_usd}
         complete = res.complete
-    result = select(items, _read(job, "generations", GENERATION_SCHEMA),
+    gens_path = _out(job, "generations")
+    light = [c for c in GENERATION_SCHEMA.names if c not in ("text", "reasoning")]
+
+    def texts(keys: list[str]) -> pa.Table:
+        # Only the candidates' texts, streamed from the shard file batch by batch.
+        import pyarrow.compute as pc
+
+        want = pa.array(keys, pa.string())
+        cols = ["key", "text", "reasoning", "model", "completion_tokens"]
+        parts = [b.filter(pc.is_in(b.column("key"), want))
+                 for b in iter_batches(gens_path, 8192, cols)]
+        return pa.concat_tables(parts) if parts else GENERATION_SCHEMA.empty_table().select(cols)
+
+    result = select(items, _read(job, "generations", GENERATION_SCHEMA, light),
                     _read(job, "verdicts", VERDICT_SCHEMA), p.config, difficulty=ratings,
-                    defer_mix=True)
+                    defer_mix=True, texts=texts)
     table = pa.concat_tables([result.train, result.val])
     write_shard(_out(job, "select_candidates"), table, SELECTED_SCHEMA)
     return ShardOutcome(job.shard, rows={"candidates": table.num_rows}, complete=complete,
