@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from medrecipe.config import ExportConfig, config_hash, load_recipe, preflight
 from medrecipe.console import RunLog, console
@@ -285,6 +286,13 @@ def curated_sft_rows(items: Iterable[Item], teacher: str, val_fraction: float, s
     return rows
 
 
+def _selected_batches(a: AuxRun, columns: list[str] | None = None):
+    """Batches of an auxiliary run's selected traces (train, then validation)."""
+    for name in ("selected_train", "selected_val"):
+        if a.run.has(name):
+            yield from a.run.iter_batches(name, 2048, columns)
+
+
 def _families(run: Run) -> dict[str, str]:
     """item id -> task family of an auxiliary run's items (meta.family, else the task)."""
     out = {}
@@ -329,52 +337,64 @@ def mix_stage(ctx: CurateContext, upstream: str, aux: list[AuxRun]) -> str:
     teacher = ctx.recipe.refine.teacher if ctx.recipe.refine else ""
 
     def body() -> StageResult:
+        # Pass 1 reads light columns only: which questions exist, their source, family and
+        # row counts; the quotas are decided from those. Pass 2 streams the kept rows out.
         held_out = split_ids(ctx.run, "benchmark") | split_ids(ctx.run, "grpo")
         train = split_items(ctx.run, "train")
-        families = {it.id: str((it.meta or {}).get("family") or it.task) for it in train}
-        rows_by_q: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        curated = curated_sft_rows(train, teacher or "", cfg.val_fraction, cfg.seed)
         questions: dict[str, tuple[str, str]] = {}
-        for r in curated_sft_rows(train, teacher or "", cfg.val_fraction, cfg.seed):
-            rows_by_q[r["item_id"]].append(r)
-            questions[r["item_id"]] = (r["source"], families[r["item_id"]])
-        origin = {q: "curated" for q in questions}
+        rows_of: dict[str, Counter] = defaultdict(Counter)  # question -> {train: n, val: n}
+        origin: dict[str, str] = {}
+        for it, r in zip(train, curated, strict=True):
+            questions[it.id] = (it.source, str((it.meta or {}).get("family") or it.task))
+            rows_of[it.id][r["split"]] += 1
+            origin[it.id] = "curated"
         for a in aux:
             fam = _families(a.run)
-            for name in ("selected_train", "selected_val"):
-                if not a.run.has(name):
-                    continue
-                for b in a.run.iter_batches(name):
-                    for r in b.to_pylist():
-                        if r["item_id"] in origin and origin[r["item_id"]] != a.name:
-                            raise UserError(f"item {r['item_id']} appears in two inputs of the "
-                                            f"mix ({origin[r['item_id']]} and {a.name})")
-                        origin[r["item_id"]] = a.name
-                        rows_by_q[r["item_id"]].append(r)
-                        questions[r["item_id"]] = (r["source"],
-                                                   fam.get(r["item_id"], r["task"]))
+            for b in _selected_batches(a, ["item_id", "source", "task", "split"]):
+                for r in b.to_pylist():
+                    q = r["item_id"]
+                    if origin.setdefault(q, a.name) != a.name:
+                        raise UserError(f"item {q} appears in two inputs of the mix "
+                                        f"({origin[q]} and {a.name})")
+                    questions[q] = (r["source"], fam.get(q, r["task"]))
+                    rows_of[q]["val" if r["split"] == "val" else "train"] += 1
         leaked = held_out & set(questions)
         if leaked:
             raise LeakError(f"held-out curated items reached the SFT mix: {sorted(leaked)[:5]}")
         kept, dropped = apply_quotas(questions, cfg.quotas, cfg.family_quotas, cfg.seed)
-        out = {"train": [], "val": []}
-        for qid in sorted(kept):
-            for r in rows_by_q[qid]:
-                out["val" if r["split"] == "val" else "train"].append(r)
-        for split, table in (("train", SFT_TRAIN), ("val", SFT_VAL)):
-            ctx.run.write_table(table, pa.Table.from_pylist(out[split], schema=SELECTED_SCHEMA))
+
+        sinks = {"train": ctx.run.sink(SFT_TRAIN, SELECTED_SCHEMA),
+                 "val": ctx.run.sink(SFT_VAL, SELECTED_SCHEMA)}
+        try:
+            for split in sinks:
+                rows = [r for r in curated if r["item_id"] in kept and r["split"] == split]
+                sinks[split].write(pa.Table.from_pylist(rows, schema=SELECTED_SCHEMA))
+            keep = pa.array(sorted(q for q in kept if origin[q] != "curated"), pa.string())
+            for a in aux:
+                for b in _selected_batches(a):
+                    b = b.filter(pc.is_in(b.column("item_id"), keep))
+                    is_val = pc.fill_null(pc.equal(b.column("split"), "val"), False)
+                    sinks["val"].write(b.filter(is_val).select(SELECTED_SCHEMA.names)
+                                       .cast(SELECTED_SCHEMA))
+                    sinks["train"].write(b.filter(pc.invert(is_val))
+                                         .select(SELECTED_SCHEMA.names).cast(SELECTED_SCHEMA))
+        except BaseException:
+            for sink in sinks.values():
+                sink.abort()
+            raise
+        for sink in sinks.values():
+            sink.commit()
         by_source: dict[str, Counter] = defaultdict(Counter)
         by_family: dict[str, Counter] = defaultdict(Counter)
-        for qid in kept:
-            src, fam = questions[qid]
-            for r in rows_by_q[qid]:
-                key = "val" if r["split"] == "val" else "train"
-                by_source[src][key] += 1
-                by_family[fam][key] += 1
-            by_source[src]["questions"] += 1
-            by_family[fam]["questions"] += 1
+        for q in kept:
+            src, fam = questions[q]
+            for group in (by_source[src], by_family[fam]):
+                group.update(rows_of[q])
+                group["questions"] += 1
+        n = {k: sum(rows_of[q][k] for q in kept) for k in ("train", "val")}
         return StageResult(
-            rows={"train": len(out["train"]), "val": len(out["val"])},
-            complete=all(a.complete for a in aux),
+            rows=n, complete=all(a.complete for a in aux),
             extra={"questions_in": len(questions), "questions_out": len(kept),
                    "dropped": dict(dropped),
                    "curated_questions": sum(1 for q in kept if origin[q] == "curated"),
