@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from medrecipe.config import ReportConfig
@@ -131,6 +132,9 @@ def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]
     if not q.num_rows or cfg.examples <= 0:
         return []
     q = q.filter(pc.starts_with(q.column("stage"), "curate."))
+    # Dropped traces have their own side-by-side cards (draft, refined, verdicts).
+    q = q.filter(pc.invert(pc.is_in(q.column("stage"), pa.array(
+        ["curate.draft", "curate.refine", "curate.verify"]))))
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in sorted(q.to_pylist(), key=lambda r: _order(f"{r['stage']}{r['item_id']}")):
         groups[f"{row['stage']}: {row['reason']}"].append(row)
