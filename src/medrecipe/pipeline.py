@@ -394,7 +394,7 @@ def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
     Two sharded passes: candidates per shard (everything but the mix), then the mix quotas
     set from every shard's candidate questions and applied shard by shard.
     """
-    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL, apply_mix_delta, mix_thresholds
+    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL, apply_mix_delta
     from medrecipe.sharded import SelectPayload, mix_shard, select_shard
     from medrecipe.store import merge_stats
 
@@ -403,14 +403,10 @@ def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
     if r.select.difficulty:
         cfg["judge"] = r.teachers[r.select.difficulty.judge]
     payload = SelectPayload(ctx.models(), r.select, ctx.items_name)
-    mix_keys: dict[str, list] = {}
 
     def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
-        for p in parts:
-            for src, keys in (p["stats"].pop("mix_keys", None) or {}).items():
-                mix_keys.setdefault(src, []).extend(keys)
         merged = merge_stats(parts)
-        quotas, limits = mix_thresholds(r.select, mix_keys)
+        quotas, limits = candidate_mix_limits(ctx.run, r.select)
         merged["stats"]["mix_quotas"] = quotas
         merged["mix_limits"] = limits
         return merged
@@ -438,6 +434,28 @@ def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
     ctx.log(f"select: {'done' if ran else 'up to date'}, {rec.rows.get('train', 0)} train / "
             f"{rec.rows.get('val', 0)} validation traces ({rec.seconds:.1f}s)")
     return output_fingerprint(rec)
+
+
+def candidate_mix_limits(run: Run, config) -> tuple[dict[str, int] | None, dict[str, Any]]:
+    """Mix quotas and limits from every shard's candidate questions, streamed (8 bytes each)."""
+    import numpy as np
+
+    from medrecipe.select import mix_key, mix_limits
+
+    mix = config.mix
+    if not (mix.weights or mix.quotas or mix.total is not None):
+        return None, {}
+    keys: dict[str, list[np.ndarray]] = {}
+    for batch in run.iter_batches("select_candidates", 65_536, ["source", "item_id"]):
+        seen: dict[str, set[str]] = {}
+        for s, x in zip(batch.column("source").to_pylist(), batch.column("item_id").to_pylist(),
+                        strict=True):
+            seen.setdefault(s, set()).add(x)
+        for s, ids in seen.items():
+            keys.setdefault(s, []).append(np.fromiter((mix_key(config.seed, x) for x in ids),
+                                                      np.uint64, count=len(ids)))
+    # A question's traces may straddle a batch boundary: count each key once.
+    return mix_limits(config, {s: np.unique(np.concatenate(p)) for s, p in keys.items()})
 
 
 def export(ctx: Context, upstream: str) -> tuple[str, dict[str, str]]:
