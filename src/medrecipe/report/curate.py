@@ -6,25 +6,23 @@ section can be rebuilt at any point of a curation run.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from medrecipe.config import ReportConfig
 from medrecipe.report.plots import bar, funnel_chart, threshold_histograms
+from medrecipe.report.sample import TopK, round_robin
+from medrecipe.report.scan import batches, dataset_files, fetch_rows
 from medrecipe.schema import LETTERS
 from medrecipe.store import Run
 
 MAX_PLOTTED = 200_000  # values per measure drawn in a histogram (an even subsample beyond)
-
-
-def _order(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _cut(text: str | None, limit: int) -> str | None:
@@ -36,19 +34,13 @@ def _cut(text: str | None, limit: int) -> str | None:
 def _records(run: Run, ids: set[str]) -> dict[str, dict[str, Any]]:
     from medrecipe.curate.stage import RECORDS_DIR
 
-    out: dict[str, dict[str, Any]] = {}
     folder = run.root / RECORDS_DIR
+    ids = {i for i in ids if i}
     if not ids or not folder.exists():
-        return out
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    wanted = pa.array(sorted(ids), pa.string())
-    for p in sorted(folder.glob("*.parquet")):
-        t = pq.read_table(p)
-        for row in t.filter(pc.is_in(t.column("id"), wanted)).to_pylist():
-            out[row["id"]] = row
-    return out
+        return {}
+    files = [f for p in sorted(folder.glob("*.parquet")) for f in dataset_files(p)]
+    # Records are not sharded by item id: each file is scanned, a batch at a time.
+    return fetch_rows(files, "id", {i: i for i in ids})
 
 
 def _visual_panels(run: Run) -> tuple[list[tuple[str, list[float], float | None, bool]],
@@ -60,11 +52,18 @@ def _visual_panels(run: Run) -> tuple[list[tuple[str, list[float], float | None,
         return [], {}
     rec = run.stage("curate.visual")
     thresholds = (rec.extra.get("thresholds") if rec else None) or {}
-    t = run.read_table(MEASURES, columns=[c.measure for c in CHECKS])
-    step = max(1, t.num_rows // MAX_PLOTTED)
+    step = max(1, run.num_rows(MEASURES) // MAX_PLOTTED)
+    names = [c.measure for c in CHECKS]
+    kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    start = 0  # global row number of the batch's first row: every step-th row is drawn
+    for t in batches(dataset_files(run.path(MEASURES)), {n: pa.float64() for n in names}):
+        first = (-start) % step
+        for n in names:
+            kept[n].append(t.column(n).to_numpy()[first::step])
+        start += t.num_rows
     panels = []
     for c in CHECKS:
-        values = t.column(c.measure).to_numpy(zero_copy_only=False)[::step]
+        values = np.concatenate(kept[c.measure]) if kept[c.measure] else np.array([])
         panels.append((c.measure, [float(v) for v in values], thresholds.get(c.threshold),
                        c.minimum))
     return panels, {c.threshold: thresholds.get(c.threshold) for c in CHECKS}
@@ -94,24 +93,21 @@ def _card(record: dict[str, Any] | None, resolve, cfg: ReportConfig, **extra: An
             **extra}
 
 
-def _round_robin(groups: dict[str, list[Any]], n: int) -> list[Any]:
-    out: list[Any] = []
-    queues = {k: list(v) for k, v in sorted(groups.items())}
-    while len(out) < n and any(queues.values()):
-        for k in queues:
-            if queues[k] and len(out) < n:
-                out.append(queues[k].pop(0))
-    return out
-
-
 def _kept_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
     if not run.has("items") or cfg.examples <= 0:
         return []
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in sorted(run.read_table("items").to_pylist(), key=lambda r: _order(r["id"])):
+    files = dataset_files(run.path("items"))
+    sample = TopK(cfg.examples)
+    for t in batches(files, {"id": pa.string(), "meta": pa.string()}):
+        ids = t.column("id").to_pylist()
+        meta = t.column("meta").to_pylist()
+        family = [json.loads(m or "{}").get("family", "") for m in meta]
+        sample.offer(family, ids, lambda i, ids=ids: ids[i])
+    chosen = round_robin(sample.groups(), cfg.examples)
+    rows = fetch_rows(files, "id", {i: i for i in chosen})
+    picked = [rows[i] for i in chosen if i in rows]
+    for row in picked:
         row["meta"] = json.loads(row["meta"] or "{}")
-        groups[row["meta"].get("family", "")].append(row)
-    picked = _round_robin(groups, cfg.examples)
     records = _records(run, {r["meta"].get("record_id") for r in picked})
     out = []
     for row in picked:
@@ -127,14 +123,19 @@ def _kept_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
 
 
 def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
-    q = run.read_quarantine()
-    if not q.num_rows or cfg.examples <= 0:
+    qdir = run.root / "quarantine"
+    if cfg.examples <= 0 or not qdir.exists():
         return []
-    q = q.filter(pc.starts_with(q.column("stage"), "curate."))
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in sorted(q.to_pylist(), key=lambda r: _order(f"{r['stage']}{r['item_id']}")):
-        groups[f"{row['stage']}: {row['reason']}"].append(row)
-    picked = _round_robin(groups, 2 * cfg.examples)
+    sample = TopK(2 * cfg.examples)
+    for t in batches(sorted(qdir.glob("*.parquet")), None):
+        t = t.filter(pc.fill_null(pc.starts_with(t.column("stage"), "curate."), False))
+        if not t.num_rows:
+            continue
+        stage, item, reason = (t.column(c).to_pylist() for c in ("stage", "item_id", "reason"))
+        sample.offer([f"{s}: {r}" for s, r in zip(stage, reason, strict=True)],
+                     [f"{s}{i}" for s, i in zip(stage, item, strict=True)],
+                     lambda i, t=t: t.slice(i, 1).to_pylist()[0])
+    picked = round_robin(sample.groups(), 2 * cfg.examples)
     records = _records(run, {(r["item_id"] or "").split("#")[0] for r in picked})
     out = []
     for row in picked:
