@@ -83,7 +83,7 @@ def _runs(tmp_path, demo_run):
     yield "older files", older_files(single.root, tmp_path / "older")
     yield "no selection", build_run(tmp_path / "nosel", with_selection=False)
     yield "demo, 3 shards", demo_run
-    yield "demo, 1 shard per table file", reshard(demo_run.root, tmp_path / "demo5", 5)
+    yield "demo resharded to 5", reshard(demo_run.root, tmp_path / "demo5", 5)
 
 
 def test_streamed_stats_plots_and_examples_equal_the_whole_table_report(tmp_path, demo_run):
@@ -223,7 +223,7 @@ def test_curation_section_cards_and_measures_equal_the_whole_table_report(tmp_pa
     run = Run(tmp_path / "runs" / "curate_demo", create=False)
     resolve = default_resolver(run)
     # small batches and a small plotting cap, so the every-k-th-row pick crosses batches
-    monkeypatch.setattr(cur, "batches", lambda files, cols: scan.batches(files, cols, 5))
+    monkeypatch.setattr(cur, "batches", lambda files, cols, *_: scan.batches(files, cols, 5))
     for cap in (cur.MAX_PLOTTED, 7):
         monkeypatch.setattr(cur, "MAX_PLOTTED", cap)
         monkeypatch.setattr(ref, "MAX_PLOTTED", cap)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from medrecipe.config import ReportConfig
 from medrecipe.report.plots import bar, funnel_chart, threshold_histograms
 from medrecipe.report.sample import TopK, round_robin
-from medrecipe.report.scan import batches, dataset_files, fetch_rows
+from medrecipe.report.scan import TEXT_BATCH_ROWS, batches, dataset_files, fetch_rows
 from medrecipe.schema import LETTERS
 from medrecipe.store import Run
 
@@ -127,7 +127,8 @@ def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]
     if cfg.examples <= 0 or not qdir.exists():
         return []
     sample = TopK(2 * cfg.examples)
-    for t in batches(sorted(qdir.glob("*.parquet")), None):
+    # Whole rows (raw replies included), so batches of the text size.
+    for t in batches(sorted(qdir.glob("*.parquet")), None, TEXT_BATCH_ROWS):
         t = t.filter(pc.fill_null(pc.starts_with(t.column("stage"), "curate."), False))
         if not t.num_rows:
             continue
