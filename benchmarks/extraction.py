@@ -11,13 +11,14 @@ For each part of the set (dev, held-out, all) it prints four figures:
 - missed: replies that commit to a letter and got no answer;
 - wrong letter: replies that commit to a letter and got another one.
 
-As a baseline in the same process it scores the extractor as it was before the
-real-output work (commit BASELINE_COMMIT of answers.py, loaded from git as a module of
-its own), so the two columns are comparable row for row. Without git history the
-baseline is skipped.
+As baselines in the same process it scores the extractor as it was before the
+real-output work (commit BASELINE_COMMIT of answers.py) and after the first real-output
+pass (PREVIOUS_COMMIT), each loaded from git as a module of its own, so the columns are
+comparable row for row. Without git history the baselines are skipped.
 
     python benchmarks/extraction.py
-    python benchmarks/extraction.py --show missed   # list the rows in one category
+    python benchmarks/extraction.py --per-source    # the four figures per source repository
+    python benchmarks/extraction.py --show missed   # list the dev rows in one category
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from medrecipe.answers import extract
+from medrecipe.answers import extract, judge_eligible
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT / "tests" / "fixtures" / "extraction_devset.jsonl"
 BASELINE_COMMIT = "4baad2f"  # answers.py before the real-output rules (issue 11)
+PREVIOUS_COMMIT = "14bfee6"  # answers.py of the first real-output pass (209-output dev set)
 CATEGORIES = ("exact", "invented", "missed", "wrong")
 
 
@@ -68,20 +70,21 @@ def score(rows: list[dict], fn: Callable) -> tuple[Counter, list[tuple[str, str,
     return counts, detail
 
 
-def load_baseline() -> Callable | None:
-    """extract() of answers.py at BASELINE_COMMIT, or None without git history."""
+def load_baseline(commit: str = BASELINE_COMMIT) -> Callable | None:
+    """extract() of answers.py at `commit`, or None without git history."""
     try:
         src = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{BASELINE_COMMIT}:src/medrecipe/answers.py"],
+            ["git", "-C", str(ROOT), "show", f"{commit}:src/medrecipe/answers.py"],
             capture_output=True, text=True, check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    tmp = Path(tempfile.mkdtemp()) / "answers_baseline.py"
+    name = f"answers_{commit}"
+    tmp = Path(tempfile.mkdtemp()) / f"{name}.py"
     tmp.write_text(src, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("answers_baseline", tmp)
+    spec = importlib.util.spec_from_file_location(name, tmp)
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["answers_baseline"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod.extract
 
@@ -95,6 +98,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--devset", type=Path, default=DEVSET)
     ap.add_argument("--show", choices=CATEGORIES[1:], help="print the rows of one category (new extractor)")
+    ap.add_argument("--part", choices=("dev", "heldout", "all"), default="dev",
+                    help="rows --show lists (held-out rows are only scored, never read while writing rules)")
+    ap.add_argument("--per-source", action="store_true", help="also print the four figures per source repository")
     args = ap.parse_args()
 
     rows = load_rows(args.devset)
@@ -109,11 +115,15 @@ def main() -> None:
     baseline = load_baseline()
     extractors = [("current", extract)]
     if baseline is not None:
+        previous = load_baseline(PREVIOUS_COMMIT)
+        if previous is not None:
+            extractors.insert(0, (f"previous ({PREVIOUS_COMMIT})", previous))
         extractors.insert(0, (f"baseline ({BASELINE_COMMIT})", baseline))
     else:
         print("baseline skipped: no git history to load answers.py from")
 
     results = {}
+    sources = sorted({r["source"]["repo"] for r in rows}, key=lambda s: -sum(r["source"]["repo"] == s for r in rows))
     for name, fn in extractors:
         print(f"\n{name}")
         print(f"{'part':<10} {'read exactly':>9} {'invented':>9} {'missed':>7} {'wrong':>6}")
@@ -123,6 +133,23 @@ def main() -> None:
             print(_line(part, counts, len(prows)))
         methods = {k[7:]: v for k, v in results[(name, "all")].items() if k.startswith("method:")}
         print("methods (all): " + ", ".join(f"{m} {v}" for m, v in sorted(methods.items())))
+        if args.per_source:
+            print(f"{'source':<44} {'part':<9} {'n':>4} {'exact':>7} {'inv':>4} {'miss':>5} {'wrong':>6}")
+            for src in sources:
+                for part, prows in parts.items():
+                    srows = [r for r in prows if r["source"]["repo"] == src]
+                    if srows:
+                        c, _ = score(srows, fn)
+                        print(f"{src:<44} {part:<9} {len(srows):4d} {100.0 * c['exact'] / len(srows):6.1f}% "
+                              f"{c['invented']:4d} {c['missed']:5d} {c['wrong']:6d}")
+
+    # What the optional model-based reading (grade.choice_judge) would be shown: replies no
+    # rule read and none refused. A perfect judge could turn the labelled ones into answers;
+    # the ones labelled none are where it could invent one.
+    eligible = [r for r in rows if judge_eligible(extract(r["output"], r["options"]))]
+    print(f"\nchoice-judge eligible (current rules): {len(eligible)} replies, "
+          f"{sum(r['label'] is not None for r in eligible)} labelled with a letter, "
+          f"{sum(r['label'] is None for r in eligible)} labelled none")
 
     if baseline is not None:
         a, b = results[(extractors[0][0], "all")], results[("current", "all")]
@@ -130,11 +157,12 @@ def main() -> None:
               f"baseline; wrong letters {b['wrong']} vs {a['wrong']}; invented {b['invented']} vs {a['invented']}")
 
     if args.show:
-        _, detail = score(rows, extract)
+        shown = rows if args.part == "all" else [r for r in rows if r["split"] == args.part]
+        _, detail = score(shown, extract)
         for cat, method, row, ex in detail:
             if cat == args.show:
                 print(f"\n--- {row['id']} [{row['split']}] label={row['label']} got={ex.answer} ({method})")
-                print(row["output"][:600])
+                print(row["output"][:600] if len(row["output"]) <= 1200 else row["output"][:500] + " [...] " + row["output"][-600:])
 
 
 if __name__ == "__main__":

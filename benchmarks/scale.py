@@ -105,29 +105,71 @@ def _recipe(root: Path, shards: int, executor: str = "local", cpus: int = 1):
         "report": {"enabled": False}})
 
 
+class MemorySampler:
+    """Peak resident memory of this process per phase, split into anonymous memory (what
+    the process holds) and file-backed pages (memory-mapped files such as `datasets`' Arrow
+    files, which the kernel can drop at any time), sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.phase = "start"
+        self.peaks: dict[str, dict[str, int]] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    @staticmethod
+    def read() -> dict[str, int]:
+        out = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:")):
+                    k, v = line.split(":")
+                    out[k] = int(v.split()[0])
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            now = self.read()
+            peak = self.peaks.setdefault(self.phase, {"RssAnon": 0, "RssFile": 0})
+            for k, v in now.items():
+                peak[k] = max(peak[k], v)
+
+    def stop(self) -> dict[str, dict[str, int]]:
+        self._stop.set()
+        self._t.join()
+        return self.peaks
+
+
 def stages(root: Path, shards: int, executor: str = "local", cpus: int = 1,
            export: bool = True) -> dict:
     """grade -> select (-> export) through the pipeline's stage functions; timings."""
     from medrecipe import pipeline
 
     recipe = _recipe(root, shards, executor, cpus)
+    mem = MemorySampler()
     ctx = pipeline.open_context(recipe, progress=False, echo=False)
     ctx.run.set_meta(shards=shards)
     out = {}
     try:
+        mem.phase = "grade"
         t0 = time.perf_counter()
         g = pipeline.grade(ctx, "synthetic-generations")
         out["grade_s"] = time.perf_counter() - t0
+        mem.phase = "select"
         t1 = time.perf_counter()
         s = pipeline.select(ctx, "synthetic-items", g)
         out["select_s"] = time.perf_counter() - t1
         if export:
+            mem.phase = "export"
             t2 = time.perf_counter()
             pipeline.export(ctx, s)
             out["export_s"] = time.perf_counter() - t2
         out["selected"] = ctx.run.num_rows("selected_train") + ctx.run.num_rows("selected_val")
     finally:
         ctx.close()
+        out["memory_kib"] = mem.stop()
     return out
 
 
@@ -219,6 +261,9 @@ def main() -> None:
               f"select {res['select_s']:.1f} s, export {res['export_s']:.1f} s, total "
               f"{res['wall_s']:.1f} s ({n / res['wall_s']:,.0f}/s), peak RSS {rss / 1024:.0f} MB, "
               f"{res['selected']:,} selected", flush=True)
+        print("    peak anonymous / file-backed MB by phase: " + ", ".join(
+            f"{ph} {m['RssAnon'] / 1024:.0f} / {m['RssFile'] / 1024:.0f}"
+            for ph, m in res["memory_kib"].items() if ph != "start"), flush=True)
         shutil.rmtree(root, ignore_errors=True)
     if len(rows) > 1:
         first, last = rows[0], rows[-1]

@@ -2,7 +2,8 @@
 from whole tables in memory: the reference the streamed report must equal on small runs.
 
 Frozen copy of report/stats.py, the example pickers of report/html.py and make_plots of
-report/plots.py at commit 1d30849; only imports and names were adjusted. Do not "fix" it.
+report/plots.py at commit 1d30849, and of the curation cards of report/curate.py at 34d3fd0;
+only imports and names were adjusted. Do not "fix" it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medrecipe.config import ReportConfig
-from medrecipe.report.curate import MAX_PLOTTED, _card, _question_view
+from medrecipe.report.curate import MAX_PLOTTED, _card, _outcome, _question_view
 from medrecipe.report.curate import _cut as _curate_cut
 from medrecipe.report.html import ImageResolver, _cut, _item_view
 from medrecipe.report.plots import _MPL, MAX_BARS, _figure, _save, bar, grouped_rates, histogram
@@ -526,6 +527,9 @@ def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]
     if not q.num_rows or cfg.examples <= 0:
         return []
     q = q.filter(pc.starts_with(q.column("stage"), "curate."))
+    # Dropped traces have their own side-by-side cards (draft, refined, verdicts).
+    q = q.filter(pc.invert(pc.is_in(q.column("stage"), pa.array(
+        ["curate.draft", "curate.refine", "curate.verify"]))))
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in sorted(q.to_pylist(), key=lambda r: _order(f"{r['stage']}{r['item_id']}")):
         groups[f"{row['stage']}: {row['reason']}"].append(row)
@@ -545,4 +549,59 @@ def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]
                          stage=row["stage"], reason=row["reason"],
                          detail=_curate_cut(row["detail"], 600),
                          reply=_curate_cut(raw.get("reply"), 1200) if raw.get("reply") else None))
+    return out
+
+
+def _by_item(run: Run, table: str) -> dict[str, dict[str, Any]]:
+    return {r["item_id"]: r for r in run.read_table(table).to_pylist()} if run.has(table) else {}
+
+
+def _trace_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
+    """Draft, refined sections and verdicts side by side, with the image and source texts."""
+    from medrecipe.curate.trace_stage import DRAFTS, REFINED, TRACED, VERIFIED
+    from medrecipe.curate.traces import SECTION_TITLES, SECTIONS, VERIFY_CRITERIA
+    from medrecipe.report.html import thumbnail
+
+    drafts = _by_item(run, DRAFTS)
+    if not drafts or cfg.examples <= 0 or not run.has("items"):
+        return []
+    refined, verified = _by_item(run, REFINED), _by_item(run, VERIFIED)
+    traced = set(run.read_table(TRACED, columns=["id"]).column(0).to_pylist()) \
+        if run.has(TRACED) else set()
+    groups: dict[str, list[str]] = defaultdict(list)
+    for item_id in sorted((i for i, d in drafts.items() if d["kept"]), key=_order):
+        groups[_outcome(item_id, refined, verified, traced)].append(item_id)
+    picked = _round_robin(groups, 2 * cfg.examples)
+    items = {r["id"]: r for r in run.read_table("items").to_pylist() if r["id"] in set(picked)}
+    limit = min(cfg.max_text_chars, 2000)
+    out = []
+    for item_id in picked:
+        it = items.get(item_id)
+        if it is None:
+            continue
+        meta = json.loads(it["meta"] or "{}")
+        ctx = meta.get("source_context") or {}
+        r, v = refined.get(item_id) or {}, verified.get(item_id) or {}
+        sections = json.loads(r["sections"]) if r.get("sections") else None
+        verdicts = json.loads(v["verdicts"]) if v.get("verdicts") else None
+        outcome = _outcome(item_id, refined, verified, traced)
+        out.append({
+            "item_id": item_id, "outcome": outcome, "kept": outcome == "kept",
+            "category": meta.get("category_label"), "family": meta.get("family"),
+            "image": thumbnail(it["images"][0], resolve, cfg.thumbnail_px)
+            if it["images"] else None,
+            "sub_caption": _curate_cut(ctx.get("sub_caption"), limit),
+            "caption": _curate_cut(ctx.get("caption"), limit),
+            "references": [_curate_cut(x, limit) for x in (ctx.get("references") or [])[:3]],
+            "question": _question_view({"stem": it["question"], "options": it["options"],
+                                        "correct": it["answer"]}),
+            "draft": _curate_cut(drafts[item_id]["draft"], limit),
+            "sections": [(SECTION_TITLES[k], sections[k]) for k in SECTIONS] if sections
+            else None,
+            "refine_detail": _curate_cut(r.get("detail"), 600),
+            "refine_reply": _curate_cut(r.get("text"), limit) if not sections else None,
+            "verdicts": [(c, verdicts[c]["verdict"], verdicts[c]["reason"])
+                         for c in VERIFY_CRITERIA] if verdicts else None,
+            "verify_reply": _curate_cut(v.get("text"), limit) if v and not verdicts else None,
+            "verify_status": v.get("status")})
     return out

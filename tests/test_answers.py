@@ -639,6 +639,64 @@ def test_markup_and_opening_answers(text, options, answer, method, span):
     check(text, options, answer, method, span)
 
 
+# Shapes from the broadened dev set (RAG pipelines, 5-shot CoT dumps, MedGemma runs).
+WATERS = ["Lateral oblique maxilla", "Submentovertex", "Waters view", "Lateral skull"]
+PRETERM = ["Amniocentesis.", "Administering tocolytics.", "Administration of steroids and a delivery after 48 hours.",
+           "Delivery."]
+RATES = ["50 beats per minute.", "70 beats per minute.", "100 beats per minute.", "120 beats per minute."]
+RATE_REASONING = ("A normal adult heart rate lies between 60 and 100 beats per minute. "
+                  + "Blood loss lowers the stroke volume, so the rate rises to keep the output up. " * 9)
+
+BROADENED = [
+    case('Thus, answer_choice": "B"}}', GALL, "B", "json", "B", id="json-key-lost-its-opening-quote"),
+    case('```json { "best_next_step": "C" } ```', GALL, "C", "json", "C", id="json-best-next-step"),
+    case('{"best_response": D, "rationale": "enzymes are high"}', GALL, "D", "json", "D", id="json-unquoted-value"),
+    case('{"diagnosis_next_step": "Pancreatitis"}', GALL, "D", "json", "Pancreatitis", id="json-key-option-text"),
+    case('{"answer": "C", "reason_for_answer": "stones in the duct"}', GALL, "C", "json", "C",
+         id="json-prose-key-is-not-the-answer"),
+    case('{"Answer Choice": {"A": "No", "B": "Yes", "C": "No", "D": "No"}}', GALL, "B", "json", ...,
+         id="json-letter-flags"),
+    case('{"Answer Choice": {"A": "No", "B": "Yes", "C": "Yes"}}', GALL, None, "none", None, id="json-two-flags"),
+    case('{"Answer Choice A": null, "Answer Choice B": true}', GALL, "B", "json", "true", id="json-letter-in-key"),
+    case('{"Answer Choice B": "tumour", "Answer Choice C": "stones"}', GALL, None, "none", None,
+         id="json-two-letter-keys"),
+    case('{"correct_answer": {"value": C, "text": "Choledocholithiasis"}}', GALL, "C", "json", "C",
+         id="json-nested-value"),
+    case('{"answer_choice": "None of the Above"}', GALL, None, "none", None, id="json-declines"),
+    case('{"answer": "no"}', ["yes", "no", "maybe"], "B", "json", "no", id="json-no-is-an-option"),
+    case("Answer: B. Gallbladder cancer ## Question: A 60-year-old man ... ## Response: Answer: D. Pancreatitis",
+         GALL, "B", "answer_phrase", "B", id="inline-invented-question"),
+    case("<unused94>thought\nStones, so C.\nFinal Answer: C<unused95>Final Answer: B", GALL, "B", "answer_phrase",
+         "B", id="medgemma-thinking-closed"),
+    case("Reasoning:\n1) The sinus needs an occipitomental view.\nFinal Answer: The Waters view", WATERS, "C",
+         "answer_phrase", ..., id="article-before-option-text"),
+    case("Reasoning:\n1) The fetus is in distress.\nFinal Answer: Delivery", PRETERM, "D", "answer_phrase", ...,
+         id="option-with-trailing-period"),
+    case("胆总管结石最可能。选项 (C) 正确。", GALL, "C", "answer_phrase", "C", id="chinese-option-correct"),
+    case("分析如上，答案是 D", GALL, "D", "answer_phrase", "D", id="chinese-answer-is"),
+    case("Therefore, option B, **Gallbladder cancer**, is the correct choice.", GALL, "B", "answer_phrase", "B",
+         id="reverse-phrase-with-own-text"),
+    case("Therefore, option B, Pancreatitis, is the correct choice.", GALL, None, "none", None,
+         id="reverse-phrase-names-another"),
+    case("the best available answer would be: A. Cholecystitis - although not certain.", GALL, "A",
+         "answer_phrase", "A", id="best-available-answer"),
+    case("Let us weigh them.\n\nTherefore, the most accurate answer is:\n\n**C. Choledocholithiasis**", GALL, "C",
+         "answer_phrase", "C", id="most-accurate-answer-next-line"),
+    case(RATE_REASONING + "the body is", RATES, None, "none", None, id="cut-off-reply-reads-no-option-text"),
+    case(RATE_REASONING.strip(), RATES, "C", "option_text", ..., id="finished-reply-reads-option-text"),
+]
+
+
+@pytest.mark.parametrize("text,options,answer,method,span", BROADENED)
+def test_broadened_real_output_shapes(text, options, answer, method, span):
+    check(text, options, answer, method, span)
+
+
+def test_medgemma_thinking_left_open_is_unterminated():
+    ex = extract("<unused94>thought\nStones in the duct.\nFinal Answer: The final answer is $\\boxed{C}$", GALL)
+    assert (ex.answer, ex.terminated) == (None, False)
+
+
 def test_unterminated_thinking_stays_unanswered_with_new_rules():
     ex = extract('<think>{"answer": "B"} and the answer is B', GALL)
     assert (ex.answer, ex.terminated) == (None, False)
@@ -655,6 +713,6 @@ def test_devset_of_real_outputs_is_read():
     exact = sum(label == answer for label, answer in got)
     invented = sum(label is None and answer is not None for label, answer in got)
     wrong = sum(label is not None and answer not in (None, label) for label, answer in got)
-    assert exact / len(rows) >= 0.90
+    assert exact / len(rows) >= 0.95
     assert invented <= 3
     assert wrong <= 1

@@ -182,3 +182,16 @@ def test_preflight_reports_missing_key_variable_and_template_before_any_work(tmp
     monkeypatch.setenv("NOT_SET_ANYWHERE", "sk-x")
     r, _ = load_recipe(_write(tmp_path, data))
     preflight(r)
+
+
+def test_choice_judge_is_off_by_default_and_must_name_a_teacher(tmp_path):
+    recipe, _ = load_recipe(_write(tmp_path, BASE))
+    assert recipe.grade.choice_judge is None and recipe.grade.choice_judge_template == "judge_choice"
+    bad = yaml.safe_load(yaml.safe_dump(BASE))
+    bad["grade"] = {"choice_judge": "nobody"}
+    with pytest.raises(RecipeError, match="grade.choice_judge names unknown teacher 'nobody'"):
+        load_recipe(_write(tmp_path, bad))
+    ok = yaml.safe_load(yaml.safe_dump(BASE))
+    ok["grade"] = {"choice_judge": "r", "choice_judge_budget_usd": 1.5}
+    recipe, _ = load_recipe(_write(tmp_path, ok))
+    assert recipe.grade.choice_judge == "r" and recipe.grade.choice_judge_budget_usd == 1.5

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from chat_helpers import prompt_text
 from curate_images import clean_set
 from medrecipe.config import load_recipe
 from medrecipe.curate.config import curate_recipe_from_data, load_curate_recipe
@@ -31,13 +32,7 @@ CAPTIONS = {
 }
 
 
-def _text(body) -> str:
-    parts = []
-    for m in body["messages"]:
-        c = m["content"]
-        parts.append(c if isinstance(c, str) else " ".join(p.get("text", "") for p in c
-                                                           if p.get("type") == "text"))
-    return "\n".join(parts)
+_text = prompt_text
 
 
 def _case(body) -> str:

@@ -226,3 +226,33 @@ def test_empty_benchmark_reports_no_numbers_and_is_left_out_of_the_average(tmp_p
     assert h["n_items"] == 0 and h["accuracy"] is None and h["ci_low"] is None
     assert res.results["categories"] == {"text": 1.0}
     assert res.results["complete"] is True
+
+
+def test_choice_judge_reads_unread_replies_and_never_refused_ones(tmp_path):
+    """choice_judge: an evaluation reply no rule reads is read by a judge model (method judge);
+    replies with several letters are left unanswered and never sent to it."""
+
+    def responder(body, i):
+        text = _user_text(body)
+        if "<choice>" in text:  # the judge: reads the wordy reply as the gold letter
+            return "<choice>A</choice>" if "the first one" in text else "<choice>NONE</choice>"
+        low = text.lower()
+        if "iron deficiency" in low:
+            return "On balance I would pick the first one."
+        if "crushing chest pain" in low:
+            return "The answer is A, B, and C."
+        return f"The answer is \\boxed{{{_gold(body)}}}."
+
+    with ChatServer(responder=responder) as srv:
+        judge = {"backend": "openai_compat", "model": "reader", "base_url": srv.base_url, "max_retries": 0}
+        res = run_eval(_config(srv.base_url, choice_judge=judge), tmp_path / "run")
+        judged = [_user_text(b) for b in srv.bodies() if "<choice>" in _user_text(b)]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    by_item = {}
+    for r in rows:
+        by_item.setdefault(r["item_id"], set()).add((r["answer"], r["method"], r["correct"]))
+    assert by_item["medqa/0"] == {("A", "judge", True)}
+    assert by_item["medqa/1"] == {(None, "none", None)}
+    assert judged and all("the first one" in t for t in judged)
+    assert res.results["choice_judge"]["answered"] == 2 and res.results["choice_judge"]["asked"] == 2
+    assert res.results["benchmarks"]["medqa"]["accuracy"] == pytest.approx(0.75)

@@ -13,6 +13,7 @@ from medrecipe.errors import UserError
 from medrecipe.generate import Engine, GenRequest, RequestCache
 from medrecipe.generate.limits import RateLimiter, backoff_delay
 from medrecipe.testing.chat_server import ChatServer
+from medrecipe.testing.clock import FakeClock
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ def test_responder_output_and_token_usage_are_recorded(tmp_path):
 
 def test_429_with_retry_after_is_honoured(server, tmp_path):
     server.inject("429", times=2, retry_after=0.25)
-    clock = _FakeClock()
+    clock = FakeClock()
     eng = Engine({"t": teacher(server, max_in_flight=1)}, tmp_path / "c", progress=False,
                  clock=clock, sleep=clock.sleep)
     res = eng.run(requests(1))
@@ -274,20 +275,7 @@ def test_in_flight_limit_is_respected(tmp_path):
         assert srv.count == 12
 
 
-class _FakeClock:
-    def __init__(self):
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.now += s
-
-
-def _start_times(limiter: RateLimiter, clock: _FakeClock, tokens: list[int]) -> list[float]:
+def _start_times(limiter: RateLimiter, clock: FakeClock, tokens: list[int]) -> list[float]:
     async def go():
         out = []
         for t in tokens:
@@ -299,7 +287,7 @@ def _start_times(limiter: RateLimiter, clock: _FakeClock, tokens: list[int]) -> 
 
 
 def test_requests_per_minute_are_paced(monkeypatch):
-    clock = _FakeClock()
+    clock = FakeClock()
     monkeypatch.setattr("medrecipe.generate.limits.asyncio.sleep", clock.sleep)
     lim = RateLimiter(requests_per_minute=120, burst_s=0.0, clock=clock)
     starts = _start_times(lim, clock, [0] * 5)
@@ -308,7 +296,7 @@ def test_requests_per_minute_are_paced(monkeypatch):
 
 def test_an_idle_or_fresh_limiter_lets_no_burst_through():
     # Providers enforce RPM over short windows: 600 RPM is about 10 requests in any second.
-    clock = _FakeClock()
+    clock = FakeClock()
     lim = RateLimiter(requests_per_minute=600, clock=clock, sleep=clock.sleep)
     clock.now += 30.0  # created long before the first call (or idle between calls)
     first = _start_times(lim, clock, [0] * 8)
@@ -322,7 +310,7 @@ def test_concurrent_callers_get_evenly_spaced_slots():
     import math
     import random
 
-    clock = _FakeClock()
+    clock = FakeClock()
     starts: list[float] = []
 
     async def sleep_until(s: float) -> None:  # every caller arrives at the same instant
@@ -338,7 +326,7 @@ def test_concurrent_callers_get_evenly_spaced_slots():
                                                                for i in range(1, 8)]
     # Arrivals at random times: no window of w seconds ever holds more than ceil(w*rpm/60).
     rng = random.Random(5)
-    clock2 = _FakeClock()
+    clock2 = FakeClock()
     lim2 = RateLimiter(requests_per_minute=300, clock=clock2, sleep=clock2.sleep)
     times = []
     for _ in range(300):
@@ -350,7 +338,7 @@ def test_concurrent_callers_get_evenly_spaced_slots():
 
 
 def test_engine_paces_requests_on_the_endpoint_by_the_injected_clock(tmp_path):
-    clock = _FakeClock()
+    clock = FakeClock()
     seen: list[float] = []
 
     def responder(body, i):  # runs when the request reaches the server
@@ -370,7 +358,7 @@ def test_engine_paces_requests_on_the_endpoint_by_the_injected_clock(tmp_path):
 
 
 def test_tokens_per_minute_are_paced_and_corrected(monkeypatch):
-    clock = _FakeClock()
+    clock = FakeClock()
     monkeypatch.setattr("medrecipe.generate.limits.asyncio.sleep", clock.sleep)
     lim = RateLimiter(tokens_per_minute=6000, burst_s=0.0, clock=clock)
     starts = _start_times(lim, clock, [1000, 1000, 1000])
@@ -381,7 +369,7 @@ def test_tokens_per_minute_are_paced_and_corrected(monkeypatch):
 
 
 def test_pause_holds_every_caller(monkeypatch):
-    clock = _FakeClock()
+    clock = FakeClock()
     monkeypatch.setattr("medrecipe.generate.limits.asyncio.sleep", clock.sleep)
     lim = RateLimiter(clock=clock)
     lim.pause(7.0)

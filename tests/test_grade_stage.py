@@ -137,3 +137,41 @@ def test_an_invalid_final_answer_is_kept_apart_from_no_answer():
     assert rows["g1"]["correct"] is None and rows["g1"]["invalid"] == "F"
     assert rows["g2"]["correct"] is None and rows["g2"]["invalid"] is None
     assert rows["g3"]["correct"] is True and rows["g3"]["invalid"] is None
+
+
+def test_choice_judge_reads_only_replies_no_rule_read_and_none_refused():
+    gens = to_table([
+        gen("c1", "mc1", "I would go with the second of them."),
+        gen("c2", "mc1", "The answer is A, B, and C.", sample=1),
+        gen("c3", "mc1", "Let me think.\n\nQuestion: A 50-year-old man has a rash.\nAnswer: B", sample=2),
+        gen("c4", "mc1", "<think>stroma, maybe", sample=3),
+        gen("c5", "mc1", "Answer: (A)", sample=4),
+        gen("c6", "mc1", "Hard to say between them.", sample=5),
+        gen("c7", "mc1", "Some words about spindle cells.", sample=6),
+        gen("c8", "op2", "No final answer here at all."),
+        gen("c9", "mc1", None, error="HTTP 500", sample=7),
+    ], GENERATION_SCHEMA)
+    items = to_table(ITEMS, ITEM_SCHEMA)
+    seen: list[str] = []
+
+    def reader(pairs):
+        seen.extend(reply for _, reply in pairs)
+        return ["B" if "second" in r else "NONE" if "Hard" in r else None for _, r in pairs]
+
+    v = by_key(grade_generations(gens, items, GradeConfig(choice_judge="reader"), choice_judge=reader))
+    assert seen == ["I would go with the second of them.", "Hard to say between them.",
+                    "Some words about spindle cells."]
+    assert (v["c1"]["answer"], v["c1"]["method"], v["c1"]["correct"]) == ("B", "judge", True)
+    assert (v["c1"]["span_start"], v["c1"]["span_end"]) == (None, None)
+    for key in ("c2", "c3", "c6", "c7", "c8", "c9"):
+        assert (v[key]["answer"], v[key]["method"], v[key]["correct"]) == (None, "none", None), key
+    assert v["c4"]["terminated"] is False and v["c4"]["method"] == "none"
+    assert (v["c5"]["answer"], v["c5"]["method"]) == ("A", "answer_phrase")
+    assert v["c2"]["invalid"] is not None  # several letters stay an invalid final answer
+
+
+def test_choice_judge_letter_outside_the_options_is_not_an_answer():
+    gens = to_table([gen("c1", "mc1", "I would go with the fifth one.")], GENERATION_SCHEMA)
+    v = by_key(grade_generations(gens, to_table(ITEMS, ITEM_SCHEMA), GradeConfig(),
+                                 choice_judge=lambda pairs: ["E"] * len(pairs)))
+    assert (v["c1"]["answer"], v["c1"]["method"]) == (None, "none")

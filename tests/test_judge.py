@@ -7,8 +7,10 @@ import json
 
 from medrecipe.config import TeacherConfig
 from medrecipe.judge import (
+    ChoiceReader,
     annotate_items,
     make_open_judge,
+    parse_choice,
     parse_labels,
     parse_rating,
     parse_verdict,
@@ -94,3 +96,54 @@ def test_annotate_fills_only_missing_fields_with_allowed_values(tmp_path):
     assert (out["a/2"].modality, out["a/2"].anatomy) == ("x-ray", "chest")
     assert (out["a/3"].modality, out["a/3"].anatomy) == ("mri", "brain")
     assert out["a/2"].meta["labelled_by"] == "lab" and res.unparsed == 0
+
+
+def test_choice_parser_reads_one_valid_letter_or_none_only():
+    assert parse_choice("<choice>C</choice>", 4) == "C"
+    assert parse_choice("  <CHOICE> b </CHOICE>\n", 4) == "B"
+    assert parse_choice("<choice>NONE</choice>", 4) == "NONE"
+    assert parse_choice("D", 4) == "D" and parse_choice("none", 4) == "NONE"
+    assert parse_choice("<choice>E</choice>", 4) is None  # no option E
+    assert parse_choice("<choice>A</choice> or maybe <choice>B</choice>", 4) is None
+    assert parse_choice("<choice>A or B</choice>", 4) is None
+    assert parse_choice("I think the reply means B", 4) is None
+    assert parse_choice("", 4) is None and parse_choice(None, 4) is None
+
+
+def test_choice_reader_reads_replies_through_the_cached_engine(tmp_path):
+    def responder(body, index):
+        text = _user_text(body)
+        if "the duct is blocked" in text:
+            return "<choice>C</choice>"
+        if "cannot decide" in text:
+            return "<choice>NONE</choice>"
+        return "Probably C, but hard to say."  # unparseable
+
+    item = Item(id="m/1", source="m", task="text", question="Cause of jaundice?",
+                options=["Hepatitis", "Haemolysis", "Gallstone in the duct", "Gilbert"], answer="C")
+    pairs = [(item, "Given the dilated ducts, the duct is blocked."), (item, "I cannot decide here."),
+             (item, "Some words about bilirubin.")]
+    with ChatServer(responder=responder) as srv:
+        teachers = {"j": TeacherConfig(model="judge", base_url=srv.base_url)}
+        reader = ChoiceReader("j", teachers, "judge_choice", tmp_path / "cache")
+        assert reader(pairs) == ["C", "NONE", None]
+        counts = reader.counts()
+        assert (counts["asked"], counts["answered"], counts["declined"], counts["unparsed"],
+                counts["failed"]) == (3, 1, 1, 1, 0)
+        sent = srv.count
+        assert ChoiceReader("j", teachers, "judge_choice", tmp_path / "cache")(pairs) == ["C", "NONE", None]
+        assert srv.count == sent  # the same readings come from the cache
+        body = srv.bodies()[0]
+        prompt = _user_text(body)
+        assert body["temperature"] == 0.0
+        assert "C. Gallstone in the duct" in prompt and "the duct is blocked" in prompt
+
+
+def test_choice_reader_counts_failed_requests(tmp_path):
+    item = Item(id="m/2", source="m", task="text", question="Q?", options=["x", "y"], answer="A")
+    with ChatServer() as srv:
+        srv.inject("400", times=5)
+        reader = ChoiceReader("j", {"j": TeacherConfig(model="judge", base_url=srv.base_url)},
+                              "judge_choice", tmp_path / "cache")
+        assert reader([(item, "whatever")]) == [None]
+    assert reader.counts()["failed"] == 1 and reader.counts()["answered"] == 0

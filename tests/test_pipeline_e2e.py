@@ -147,3 +147,42 @@ def test_difficulty_filter_and_annotation_in_a_run(recipe_file, monkeypatch, tmp
     # The labelled items are a stage output of their own (items.parquet stays as prepared).
     items = {r["id"]: r for r in ctx.run.read_table("items_labelled").to_pylist()}
     assert items["train/t0"]["anatomy"] == "kidney"
+
+
+def test_choice_judge_reads_unread_replies_in_the_grade_stage(recipe_file, monkeypatch):
+    """grade.choice_judge: replies no rule reads go to a judge teacher (method judge, counted in
+    the stage record); replies with several letters or an invented question never do."""
+    monkeypatch.setenv("E2E_KEY", "k")
+
+    def responder(body, index):
+        text = json.dumps(body["messages"])
+        if "<choice>" in text:  # the reading judge: every reply it is shown reads as A
+            return "<choice>A</choice>"
+        if "Training question number 0 " in text:
+            return "I would go with the first of the three."
+        if "Training question number 1 " in text:
+            return "The answer is A, B, and C."
+        if "Training question number 2 " in text:
+            return "Let me think.\n\nQuestion: Another question?\nAnswer: A"
+        return _responder(body, index)
+
+    with ChatServer(responder=responder) as srv:
+        path = recipe_file(srv.base_url)
+        data = yaml.safe_load(path.read_text())
+        data["teachers"]["reader"] = {"model": "judge-model", "base_url": srv.base_url}
+        data["grade"] = {"choice_judge": "reader"}
+        path.write_text(yaml.safe_dump(data))
+        ctx, _ = _run(path)
+        judged = [json.dumps(b["messages"]) for b in srv.bodies() if "<choice>" in json.dumps(b["messages"])]
+    verdicts = ctx.run.read_table("verdicts").to_pylist()
+    by_item: dict[str, set] = {}
+    for v in verdicts:
+        by_item.setdefault(v["item_id"], set()).add((v["answer"], v["method"], v["correct"]))
+    assert by_item["train/t0"] == {("A", "judge", True)}
+    assert by_item["train/t1"] == {(None, "none", None)}
+    assert by_item["train/t2"] == {(None, "none", None)}
+    assert judged and all("first of the three" in t for t in judged)
+    extra = ctx.run.stage("grade").extra
+    assert extra["methods"]["judge"] == 4
+    assert (extra["choice_judge"]["asked"], extra["choice_judge"]["answered"]) == (4, 4)
+    assert extra["choice_judge"]["unparsed"] == 0

@@ -197,3 +197,41 @@ def test_empty_inputs(tmp_path):
     res = prepare(empty, empty, PrepareConfig(), ImageStore(tmp_path / "img"))
     assert res.items.num_rows == 0 and res.flags.num_rows == 0 and res.counts == {}
     assert isinstance(res.items, pa.Table)
+
+
+def test_batch_by_batch_equals_all_at_once(tmp_path):
+    """The streamed stage (small batches, two passes) gives the in-memory result exactly."""
+    from medrecipe.prepare.stage import prepare_stream
+
+    store = ImageStore(tmp_path / "img")
+    imgs = [store.put_bytes(_png(s)) for s in range(6)]
+    near = store.put_bytes(_near_copy(_png(0)))
+    rows = [_item(0, "a", q="Case: " + LEAK + "!"),
+            _item(1, "a", q="What causes scurvy?", options=["Vitamin C deficiency", "Iron"]),
+            _item(2, "b", q="what causes  scurvy", options=["vitamin C deficiency", "iron"]),
+            _item(3, "b", q="Which organ?", images=[imgs[1]], task="mm_reasoning"),
+            _item(4, "a", q="Which organ?", images=[imgs[0]], task="mm_reasoning"),
+            _item(5, "a", q="Which organ?", images=[near], task="mm_reasoning")]
+    rows += [_item(10 + i, "cls", q=f"Tissue {i}?", options=["t", "s"], images=[imgs[2 + i % 3]],
+                   task="mm_classification", answer="AB"[i % 3 == 0]) for i in range(9)]
+    rows.append(_item(30, "b", q="What causes scurvy?", options=["Vitamin C deficiency", "Iron"]))
+    train = to_table(rows, ITEM_SCHEMA)
+    bench = to_table([_item(0, "medqa", q=LEAK + "?"),
+                      _item(1, "imgbench", q="Which organ?", images=[imgs[0]], task="mm_reasoning")],
+                     ITEM_SCHEMA)
+    cfg = _cfg(dedup_images={"near_duplicates": True, "remove_near_duplicates": True},
+               balance={"enabled": True}, resize={"max_pixels": 56 * 56})
+    whole = prepare(train, bench, cfg, ImageStore(tmp_path / "img"))
+    items, flags, quarantine = [], [], []
+    counts, details = prepare_stream(lambda: [b for b in (train.slice(i, 4) for i in range(0, 16, 4))],
+                                     bench, cfg, ImageStore(tmp_path / "img"),
+                                     emit_items=items.append, emit_flags=flags.append,
+                                     emit_quarantine=quarantine.extend)
+    assert pa.concat_tables(items).equals(whole.items)
+    assert pa.concat_tables(flags).equals(whole.flags)
+    assert [(q.item_id, q.reason, q.detail) for q in quarantine] == [
+        (q.item_id, q.reason, q.detail) for q in whole.quarantine]
+    assert counts == whole.counts and details == whole.details
+    reasons = {q.reason.split(":")[0] for q in quarantine}
+    assert {"contaminated", "duplicate_question", "image_in_benchmark",
+            "near_duplicate_image"} <= reasons and "balance" in details

@@ -235,3 +235,5 @@ def test_curation_section_cards_and_measures_equal_the_whole_table_report(tmp_pa
         assert kept == ref._kept_cards(run, resolve, cfg) and len(kept) == n
         dropped = cur._dropped_cards(run, resolve, cfg)
         assert dropped == ref._dropped_cards(run, resolve, cfg) and len(dropped) == 2 * n
+        traces = cur._trace_cards(run, resolve, cfg)
+        assert traces == ref._trace_cards(run, resolve, cfg) and len(traces) == 2 * n

@@ -1,44 +1,53 @@
 """Answer extraction and grading.
 
 The extractor never guesses. It reads only the part of a response after the last closed
-thinking block, cut before an invented continuation (a new "Question:", "## Medical
-Question", "### Example", "Q1:", a leaked chat-template line or a code block written after
-the reply), and applies these rules in order, stopping at the first that finds a final
-answer (docs/grading.md has the whole list and the real-output figures):
+thinking block (``<think>...</think>``, or MedGemma's ``<unused94>thought ... <unused95>``),
+cut before an invented continuation (a new "Question:", "## Medical Question", "### Example",
+"Q1:", a leaked chat-template line or a code block written after the reply, also inline:
+"... B. Lactulose ## Question: ..."), and applies these rules in order, stopping at the
+first that finds a final answer (docs/grading.md has the whole list and the real-output
+figures):
 
 1. ``boxed``: the last ``\\boxed{...}`` with balanced braces (LaTeX and markdown wrappers
    inside it are removed: ``\\boxed{\\text{(B)}}``, ``\\boxed{B: Stroma}``).
-2. ``answer_tag``: the last ``<answer>...</answer>``.
-3. ``answer_phrase``: the last answer phrase that is followed by an answer ("the answer is
-   (B)", "Answer: B", "Final answer: B", "**Answer:** B", "the correct option is B",
-   "(B) is the correct answer"). Phrases followed by prose ("the answer is not clear",
-   "I hope the answer: helps") are not answer phrases and are passed over.
-4. ``option_text`` (multiple choice only): exactly one option's full text occurs in the
-   final paragraph of the answer part (occurrences inside a longer option's text do not
-   count). Two or more options present is ambiguous and yields no answer; so does a sole
-   option whose mention is negated ("not stroma", "Tumor is unlikely"). The rule is not
-   applied to items whose options include words too common to search for in prose
-   (yes, no, true, false, none, ...) or texts shorter than three characters.
+2. ``answer_tag``: the last ``<answer>...</answer>`` (any case).
+3. ``json``: the last JSON answer key (``"answer"``, ``"answer_choice"``, ``"Answer Choice"``,
+   ``"correct_answer"``, ``"best_next_step"``, ...; quoted or not, in code fences, cut off
+   after its value, or with its opening quote lost), a letter flagged in an object
+   (``{"A": "No", "B": "Yes"}``), an inner ``"value"``, or a key naming the letter
+   (``"Answer Choice C": true``). Keys holding prose ("reason_for_answer") do not count.
+4. ``answer_phrase``: the last answer phrase that is followed by an answer ("the answer is
+   (B)", "Answer: B", "Final answer: The Waters view", "**Answer:** B", "the most accurate
+   answer is:" with the answer on a later line, "(B) is the correct answer", "option B,
+   <text of B>, is the correct choice", Chinese "答案是 B" / "选项 (B) 正确"). Phrases followed
+   by prose ("the answer is not clear") are passed over.
+5. ``lead``: a reply that opens with its answer on a line of its own ("B", "(B) Stroma").
+6. ``option_text`` (multiple choice only): exactly one option's full text occurs, not
+   negated, in the final paragraph of the answer part; not applied to items whose options
+   include words too common to search for (yes, no, true, ...), nor to long replies that
+   stop mid-sentence (cut by the length limit: they reached no conclusion).
+7. ``bare``: a one-line reply that is one valid letter (with its own text) or one option's text.
 
-Between the answer tag and the answer phrase, ``json`` reads the last JSON answer key
-(``"answer"``, ``"answer_choice"``, ``"Answer Choice"``, ``"final_answer"``, ...), also cut off
-after its value; after the phrase, ``lead`` reads a reply that opens with its answer on a
-line of its own ("B", "(B) Stroma", "B. Stroma", "Stroma is the best answer"). Text after a
-letter must agree with that letter's option (be its text or a prefix of it): naming
-another option makes it no answer (boxes keep the letter). Several letters, or an opening
-answer that a later phrase contradicts, are no answer.
+Text after a letter must agree with that letter's option (be its text or a prefix of it;
+trailing punctuation of option texts is ignored): naming another option makes it no answer
+(boxes keep the letter). Several letters, or an opening answer that a later phrase
+contradicts, are no answer.
 
-A *final answer that is present but invalid* stops the search: when the last box or answer
-tag holds something that is not one of the item's options (letter F with four options, two
-letters, empty braces, free text that is no option), or the last answer phrase names a
-letter outside the options, the result is ``answer=None, method="none"`` and
-``Extraction.invalid`` holds the offending text. Lower-priority rules are not consulted,
-because they would read the reasoning that the model's own final answer overrides.
+A *final answer that is present but invalid* stops the search: when the last box, answer
+tag, JSON key or answer phrase holds something that is not one of the item's options
+(letter F with four options, two letters, "None of the Above", null), the result is
+``answer=None, method="none"`` and ``Extraction.invalid`` holds the offending text.
+Lower-priority rules are not consulted, because they would read the reasoning that the
+model's own final answer overrides. ``Extraction.cut_at`` says where an invented
+continuation was cut; ``Extraction.refused`` is true for both kinds of refusal.
 
-A thinking block that was opened and never closed (``<think>`` without a later
-``</think>``) means the response did not finish: ``terminated=False`` and no answer, even
-if the reasoning mentions one. A response that only closes a block (the ``<think>`` was in
-the prompt) is read after its last ``</think>``.
+A thinking block that was opened and never closed means the response did not finish:
+``terminated=False`` and no answer, even if the reasoning mentions one. A response that
+only closes a block (the ``<think>`` was in the prompt) is read after its last close.
+
+The optional model-based reading (``judge``, off by default) is not part of `extract`:
+`grade_generations` hands it the multiple-choice replies `judge_eligible` accepts (no
+rule read them and none refused them) and keeps only a valid letter it returns.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +72,8 @@ METHODS: tuple[str, ...] = ("boxed", "answer_tag", "answer_phrase", "option_text
 
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
+# Thinking blocks: <think>...</think>, and MedGemma's "<unused94>thought ... <unused95>".
+_THINK_TAGS = ((_THINK_OPEN, _THINK_CLOSE), ("<unused94>", "<unused95>"))
 _TAG_OPEN = "<answer>"
 _TAG_CLOSE = "</answer>"
 
@@ -76,6 +87,12 @@ class Extraction:
     span: tuple[int, int] | None = None  # [start, end) of the matched answer in the text
     terminated: bool = True  # False when a <think> block was opened and never closed
     invalid: str | None = None  # a final answer that was present but not a valid one
+    cut_at: int | None = None  # where an invented continuation (a new question, example) starts
+
+    @property
+    def refused(self) -> bool:
+        """No answer because the reply gave an invalid one, several, or wrote an invented continuation."""
+        return self.answer is None and (self.invalid is not None or self.cut_at is not None)
 
 
 _NONE = Extraction(None, "none", None, True)
@@ -165,7 +182,10 @@ class _Options:
     def __init__(self, options: Sequence[str]) -> None:
         self.n = len(options)
         self.letters = frozenset(LETTERS[: self.n])
-        self.lowered = [" ".join(o.split()).lower() for o in options]
+        # Trailing punctuation ("Delivery.", "MR angiography.") is not part of the text a
+        # reply quotes: "Final Answer: Delivery" names that option.
+        self.lowered = [" ".join(o.split()).lower().rstrip(" .;,") or " ".join(o.split()).lower()
+                        for o in options]
         self.normed = [normalize_open(o) for o in options]
         by_norm: dict[str, str | None] = {}
         for i, key in enumerate(self.normed):
@@ -307,46 +327,104 @@ _CONTINUATION_RE = re.compile(
     r"|^```[ \t]*(?:python|py|javascript|java|cpp)\b",
     re.M,
 )
+# Replies whose line breaks were flattened: "... B. Lactulose ## Question: A 60-year-old ..."
+_INLINE_CONTINUATION_RE = re.compile(
+    r"(?<=[^\s#])[ \t]+#{1,6}[ \t]*(?:new[ \t]+|next[ \t]+|medical[ \t]+)?(?:question|example)s?\b"
+)
 
 
 def _continuation_start(lower: str, start: int) -> int:
     """Where an invented continuation begins after some reply text, else len(lower)."""
+    cut = len(lower)
     for m in _CONTINUATION_RE.finditer(lower, start):
         if lower[start : m.start()].strip():
-            return m.start()
-    return len(lower)
+            cut = m.start()
+            break
+    if lower.find("#", start, cut) >= 0:  # the inline form needs a heading mark
+        m = _INLINE_CONTINUATION_RE.search(lower, start, cut)
+        if m is not None:
+            cut = m.start()
+    return cut
 
 
 # --------------------------------------------------------------------------- JSON answers
 
-# "answer", "answer_choice", "Answer Choice", "final_answer", "correct_option", "choice", ...
+# Answer keys: "answer", "answer_choice", "Answer Choice", "final_answer", "correct_option",
+# "best_response", "best_next_step", "prediction", ... A key whose opening quote was lost
+# ('... so: answer_choice": "C"}') still counts; "options_analysis" or "answer_text" do not.
+# Located from the quote and colon that end a key (a fast literal scan), then read backwards.
+_JSON_COLON_RE = re.compile(r"[\"'][ \t]*:[ \t]*")
 _JSON_KEY_RE = re.compile(
-    r"[\"']((?:final[ _-]?)?(?:correct[ _-]?|best[ _-]?|selected[ _-]?|chosen[ _-]?)?"
-    r"(?:answer|choice|option)(?:[ _-]?(?:choice|option|letter|label|id|key))?|prediction)[\"']"
-    r"[ \t]*:[ \t]*"
+    r"(?:^|[\"'{,\s])((?:[a-z]+[ _-]){0,3}?"
+    r"(?:answer|choice|option|response|prediction|selection|next[ _-]?step)"
+    r"(?:[ _-]?(?:choice|option|letter|label|id|key))?)$"
 )
+_JSON_KEY_WINDOW = 64
+# A key that names the letter itself: {"Answer Choice C": true}.
+_JSON_LETTER_KEY_RE = re.compile(r"[\"']answer[ _-]?(?:choice|option)[ _-]?([a-z])[\"'][ \t]*:[ \t]*")
+# Inside an object value: {"A": "No", "B": "Yes"} or {"value": "B", "text": "..."}.
+_JSON_FLAG_RE = re.compile(r"[\"']([a-z])[\"'][ \t]*:[ \t]*[\"']?(yes|true|no|false|null|none)\b")
+_JSON_INNER_KEY_RE = re.compile(r"[\"'](?:value|letter|answer|choice|option|label)[\"'][ \t]*:[ \t]*")
+_JSON_NULL = frozenset({"null", "none", "", "n/a"})
+_JSON_FALSE = _JSON_NULL | {"false", "no"}
+# Keys that hold prose about the answer, not the answer: "reason_for_answer", "explanation of choice".
+_JSON_PROSE_WORDS = frozenset({"explanation", "reason", "reasoning", "rationale", "why", "justification",
+                               "analysis", "thinking", "for", "of", "about", "text", "confidence"})
+_JSON_TRUE = frozenset({"yes", "true"})
+_JSON_SCALAR_END_RE = re.compile(r"[^,}\]\n]*")
+
+
+def _json_value(text: str, p: int) -> tuple[int, int]:
+    """[start, end) of the scalar value written at text[p] (quoted or not, possibly cut off)."""
+    n = len(text)
+    if p < n and text[p] in "\"'":
+        q, e = text[p], p + 1
+        while e < n and text[e] != q and text[e] != "\n":
+            e += 2 if text[e] == "\\" else 1
+        return p + 1, min(e, n)
+    m = _JSON_SCALAR_END_RE.match(text, p)
+    return p, m.end()
+
+
+def _json_object_answer(text: str, lower: str, p: int, opts: _Options | None) -> Extraction | None:
+    """An answer held in an object value: one letter flagged yes/true, or an inner "value" key."""
+    close = lower.find("}", p)
+    end = close if close >= 0 else len(lower)
+    flags = [(m.group(1).upper(), m.group(2)) for m in _JSON_FLAG_RE.finditer(lower, p, end)]
+    if flags and opts is not None:
+        chosen = [letter for letter, v in flags if v in _JSON_TRUE]
+        if len(chosen) == 1 and chosen[0] in opts.letters:
+            return Extraction(chosen[0], "json", (p, end + 1 if close >= 0 else end), True)
+        return Extraction(None, "none", None, True, text[p:end + 1].strip()[:200])
+    inner = _JSON_INNER_KEY_RE.search(lower, p, end)
+    if inner is None:
+        return None
+    s, e = _json_value(text, inner.end())
+    return _judge_content(text, s, min(e, end), "json", opts, strict=True)
 
 
 def _find_json(text: str, lower: str, start: int, opts: _Options | None) -> Extraction | None:
-    """The answer held by the last JSON answer key (quoted value, possibly cut off), or None."""
-    last = None
-    for m in _JSON_KEY_RE.finditer(lower, start):
-        last = m
-    if last is None:
+    """The answer held by the last JSON answer key (quoted or not, possibly cut off), or None."""
+    if opts is not None:
+        named = [(m.group(1).upper(), _json_value(text, m.end())) for m in _JSON_LETTER_KEY_RE.finditer(lower, start)]
+        if named:
+            chosen = [(letter, se) for letter, se in named
+                      if text[se[0]:se[1]].strip().lower() not in _JSON_FALSE]
+            if len(chosen) == 1 and chosen[0][0] in opts.letters:
+                return Extraction(chosen[0][0], "json", chosen[0][1], True)
+            return Extraction(None, "none", None, True, ", ".join(letter for letter, _ in chosen) or "no choice")
+    p = -1
+    for c in _JSON_COLON_RE.finditer(lower, start):
+        m = _JSON_KEY_RE.search(lower, max(start, c.start() - _JSON_KEY_WINDOW), c.start())
+        if m is not None and not _JSON_PROSE_WORDS.intersection(re.split(r"[ _-]", m.group(1))):
+            p = c.end()
+    if p < 0:
         return None
-    p, n = last.end(), len(text)
-    if p < n and text[p] in "\"'":
-        q, s = text[p], p + 1
-        e = s
-        while e < n and text[e] != q and text[e] != "\n":
-            e += 2 if text[e] == "\\" else 1
-        e = min(e, n)
-    else:
-        s = p
-        m = re.compile(r"[^,}\n]*").match(text, p)
-        e = m.end() if m else p
-    if text[s:e].strip().lower() in ("null", "none", ""):
-        return Extraction(None, "none", None, True, text[s:e].strip())
+    if p < len(text) and text[p] == "{":
+        return _json_object_answer(text, lower, p + 1, opts)
+    s, e = _json_value(text, p)
+    if text[s:e].strip().lower() in _JSON_NULL:
+        return Extraction(None, "none", None, True, text[s:e].strip() or "empty")
     return _judge_content(text, s, e, "json", opts, strict=True)
 
 
@@ -547,7 +625,8 @@ _REVERSE_KEYWORDS = ("correct", "right", "best")
 # "the answer is", "the correct option would be", "my final answer is"
 _VERB_PREFIX_RE = re.compile(
     r"\b(?:the|my|our|final|correct|best|right)\s+"
-    r"(?:(?:final|correct|best|right|most\s+likely|likely|only)\s+)?$"
+    r"(?:(?:final|correct|best|right|most\s+likely|likely|only|most\s+accurate|most\s+appropriate"
+    r"|most\s+plausible|closest|available|suitable)\s+){0,2}$"
 )
 _VERB_SUFFIX_RE = re.compile(
     r"(?:\s+(?:choice|option|letter))?\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be|=)(?![a-z])"
@@ -592,9 +671,16 @@ def _option_prefix(lower: str, p: int, end: int, opts: _Options) -> tuple[str, i
     return None
 
 
+_ARTICLE_START_RE = re.compile(r"(?:the|an|a)[ \t]+")
+
+
 def _phrase_mc(text: str, lower: str, p: int, end: int, opts: _Options) -> Extraction | None:
     """Answer after an anchor at p: a letter, an option text, an invalid letter, or None."""
     hit = _option_prefix(lower, p, end, opts)
+    if hit is None:
+        art = _ARTICLE_START_RE.match(lower, p, end)  # "Final Answer: The Waters view"
+        if art is not None:
+            hit = _option_prefix(lower, art.end(), end, opts)
     if hit is not None:
         return Extraction(hit[0], "answer_phrase", (p, hit[1]), True)
     tok = _letter_token(text, p, end)
@@ -673,7 +759,7 @@ def _reverse_phrase(
         return None
     pre = _REVERSE_PREFIX_RE.search(lower, max(start, k - _WINDOW), k)
     if pre is None:
-        return None
+        return _reverse_with_text(text, lower, start, k, kw_end, opts)
     # With "the", a noun must follow ("is the best answer"); bare "is correct" needs none.
     if pre.group(1) is not None and not _REVERSE_SUFFIX_RE.match(lower, kw_end):
         return None
@@ -693,8 +779,67 @@ def _reverse_phrase(
     return Extraction(letter, "answer_phrase", (s, e), True)
 
 
+# "option D, **Degenerative disease of the joints**, is the correct choice": the letter, its
+# option's text set off by commas or brackets, then the verb.
+_REVERSE_TEXT_RE = re.compile(
+    r"\b(?:option|choice|answer)[ \t]+\(?([a-z])\)?[ \t]*[,(:][ \t]*([^,()\n]{3,150}?)[ \t]*[,)]?[ \t]+is[ \t]+(the[ \t]+)?$"
+)
+
+
+def _reverse_with_text(text: str, lower: str, start: int, k: int, kw_end: int, opts: _Options) -> Extraction | None:
+    """_reverse_phrase for "option B, <text of B>, is the correct answer" (the text must agree)."""
+    m = _REVERSE_TEXT_RE.search(lower, max(start, k - 200), k)
+    if m is None or (m.group(3) is not None and not _REVERSE_SUFFIX_RE.match(lower, kw_end)):
+        return None
+    if m.group(3) is None and not lower.startswith("correct", k):
+        return None
+    letter = m.group(1).upper()
+    body = _clean_content(text[m.start(2) : m.end(2)])
+    if letter not in opts.letters or _text_agreement(body, letter, opts) != "agrees":
+        return Extraction(None, "none", None, True, text[m.start() : kw_end])
+    s = m.start(1)
+    return Extraction(letter, "answer_phrase", (s, s + 1), True)
+
+
+# Chinese replies: "答案是 B" (the answer is B), "选项 (E) 正确" (option E is correct).
+_ZH_ANSWER_RE = re.compile(
+    r"(?:答案|正确答案|正確答案)[ \t]*(?:是|为|為)?[ \t]*[:：]?[ \t]*[（(]?[ \t]*([A-Z])(?![A-Za-z])"
+    r"|(?:选项|選項)[ \t]*[（(]?[ \t]*([A-Z])[ \t]*[）)]?[ \t]*(?:是)?[ \t]*(?:正确|正確|最佳)"
+)
+
+
+def _find_zh_phrase(text: str, start: int, opts: _Options) -> Extraction | None:
+    """The last Chinese answer phrase ("答案是 B", "选项 (E) 正确"), or None."""
+    last = None
+    for m in _ZH_ANSWER_RE.finditer(text, start):
+        last = m
+    if last is None:
+        return None
+    g = 1 if last.group(1) else 2
+    letter = last.group(g)
+    if letter not in opts.letters:
+        return Extraction(None, "none", None, True, last.group(0))
+    return Extraction(letter, "answer_phrase", (last.start(g), last.end(g)), True)
+
+
 def _find_phrase(text: str, lower: str, start: int, opts: _Options | None) -> Extraction | None:
-    """The last answer phrase followed by an answer (valid or invalid), or None."""
+    """The last answer phrase followed by an answer (valid or invalid), English or Chinese, or None."""
+    found = _find_en_phrase(text, lower, start, opts)
+    if opts is None or not ("答" in text or "选" in text or "選" in text):
+        return found[0] if found else None
+    zh = _find_zh_phrase(text, start, opts)
+    if zh is None:
+        return found[0] if found else None
+    if found is None:
+        return zh
+    zh_at = zh.span[0] if zh.span else text.rfind(zh.invalid or "", start)
+    return zh if zh_at > found[1] else found[0]
+
+
+def _find_en_phrase(
+    text: str, lower: str, start: int, opts: _Options | None
+) -> tuple[Extraction, int] | None:
+    """The last English answer phrase followed by an answer and its keyword's offset, or None."""
     end = len(text)
     cands = [(k, False) for k in _keyword_positions(lower, start, _FORWARD_KEYWORDS)]
     if opts is not None:
@@ -704,7 +849,7 @@ def _find_phrase(text: str, lower: str, start: int, opts: _Options | None) -> Ex
         if reverse:
             res = _reverse_phrase(text, lower, start, k, opts)  # type: ignore[arg-type]
             if res is not None:
-                return res
+                return res, k
             continue
         anchor = _forward_anchor(lower, start, k)
         if anchor is None:
@@ -717,7 +862,7 @@ def _find_phrase(text: str, lower: str, start: int, opts: _Options | None) -> Ex
             continue
         res = _phrase_mc(text, lower, p, end, opts) if opts is not None else _phrase_open(text, p, end)
         if res is not None:
-            return res
+            return res, k
     return None
 
 
@@ -800,18 +945,34 @@ def _find_option_text(lower: str, start: int, opts: _Options) -> Extraction | No
     return Extraction(letter, "option_text", (s, e), True)
 
 
+def _thinking_end(text: str) -> int | None:
+    """Where the reply after the last closed thinking block starts; None when a block is left open."""
+    start, last_open = 0, -1
+    # The MedGemma pair is looked for only in replies that have one of its markers.
+    for open_, close_ in (_THINK_TAGS if "<unused9" in text else _THINK_TAGS[:1]):
+        c = text.rfind(close_)
+        if c >= 0:
+            start = max(start, c + len(close_))
+        last_open = max(last_open, text.rfind(open_))
+    return None if last_open >= start else start
+
+
 def _extract(text: str | None, opts: _Options | None) -> Extraction:
     if not text:
         return _NONE
-    close = text.rfind(_THINK_CLOSE)
-    if text.rfind(_THINK_OPEN) > close:
+    start = _thinking_end(text)
+    if start is None:
         return _UNTERMINATED
-    start = close + len(_THINK_CLOSE) if close >= 0 else 0
     lower = _lower_same_length(text)
     cut = _continuation_start(lower, start)
-    if cut < len(text):
-        # Offsets stay valid: only the tail (the invented continuation) is dropped.
-        text, lower = text[:cut], lower[:cut]
+    if cut == len(text):
+        return _read(text, lower, start, opts)
+    # Offsets stay valid: only the tail (the invented continuation) is dropped.
+    return replace(_read(text[:cut], lower[:cut], start, opts), cut_at=cut)
+
+
+def _read(text: str, lower: str, start: int, opts: _Options | None) -> Extraction:
+    """The rules, in order, over the reply text[start:] (thinking and continuation removed)."""
     span = _find_boxed(text, start)
     if span is not None:
         return _judge_content(text, span[0], span[1], "boxed", opts)
@@ -835,11 +996,20 @@ def _extract(text: str | None, opts: _Options | None) -> Extraction:
         return lead.answer
     if _letter_contradicts_text(text, start, opts):
         return Extraction(None, "none", None, True, text[start:].strip())
-    if opts.searchable and not lead.walkthrough:
+    if opts.searchable and not lead.walkthrough and not _cut_off(text, start):
         res = _find_option_text(lower, start, opts)
         if res is not None:
             return res
     return _bare(text, start, opts)
+
+
+_CUT_OFF_MIN_CHARS = 600
+
+
+def _cut_off(text: str, start: int) -> bool:
+    """A long reply that stops mid-sentence (the length limit cut it): it reached no conclusion."""
+    end = len(text.rstrip())
+    return end - start >= _CUT_OFF_MIN_CHARS and (text[end - 1].isalnum() or text[end - 1] in ",;:(-")
 
 
 _BARE_MAX_CHARS = 100
@@ -940,6 +1110,30 @@ def grade_text(text: str | None, item: Item | dict[str, Any]) -> tuple[Extractio
 # --------------------------------------------------------------------------- grade stage
 
 Judge = Callable[[list[tuple[Item, str]]], list["bool | None"]]
+# (item, reply) -> the letter the reply commits to, "NONE", or None (reply unreadable, failed).
+ChoiceJudge = Callable[[list[tuple[Item, str]]], list["str | None"]]
+CHOICE_NONE = "NONE"
+_JUDGE_REPLY_CHARS = 6000
+
+
+def judge_eligible(ex: Extraction) -> bool:
+    """Whether the model-based reading may look at a reply: no rule read it and none refused it.
+
+    A reply that gave an invalid or several answers, wrote an invented continuation, or
+    left its thinking open keeps no answer whatever a model would read into it.
+    """
+    return ex.answer is None and ex.terminated and not ex.refused
+
+
+def reply_for_judge(text: str) -> str:
+    """The part of a reply the model-based reading sees: after the thinking, at most the last 6000 characters."""
+    start = _thinking_end(text) or 0
+    return text[start:].strip()[-_JUDGE_REPLY_CHARS:]
+
+
+def _items_by_id(items: pa.Table, wanted: set[str]) -> dict[str, Item]:
+    return {it.id: it for it in items_from_table(
+        items.filter(pc.is_in(items.column("id"), pa.array(sorted(wanted)))))}
 
 
 def grade_generations(
@@ -947,15 +1141,19 @@ def grade_generations(
     items: pa.Table,
     config: GradeConfig | None = None,
     judge: Judge | None = None,
+    choice_judge: ChoiceJudge | None = None,
 ) -> pa.Table:
     """One verdict per generation (VERDICT_SCHEMA): extracted answer, rule, correctness.
 
     Failed generations (an error, or no text) and generations whose item is not in `items`
     get ``correct=None`` and method "none". With `judge`, open-ended answers that the rules
     did not accept are sent to it as (item, answer text as written); its True/False replaces
-    the verdict with method "judge", and its None keeps the rule-based verdict.
+    the verdict with method "judge", and its None keeps the rule-based verdict. With
+    `choice_judge`, multiple-choice replies that no rule read and none refused
+    (`judge_eligible`) are sent to it as (item, reply); a valid letter it returns becomes the
+    answer with method "judge", "NONE" or an unreadable reply keeps no answer.
     """
-    del config  # the judge callable is built by the caller from config.judge
+    del config  # the judge callables are built by the caller from the grade config
     ids = items.column("id").to_pylist()
     options_col = items.column("options").to_pylist()
     answers_col = items.column("answer").to_pylist()
@@ -976,6 +1174,7 @@ def grade_generations(
     correct: list[bool | None] = [None] * n
     invalid: list[str | None] = [None] * n
     to_judge: list[int] = []
+    to_read: list[int] = []
 
     texts, errors, item_ids = cols["text"], cols["error"], cols["item_id"]
     for r in range(n):
@@ -988,6 +1187,8 @@ def grade_generations(
         terminated[r] = ex.terminated
         if ex.answer is None:
             invalid[r] = ex.invalid[:500] if ex.invalid else None
+            if choice_judge is not None and opts is not None and judge_eligible(ex):
+                to_read.append(r)
             continue
         answer[r] = ex.answer
         method[r] = ex.method
@@ -1000,10 +1201,19 @@ def grade_generations(
         if judge is not None and opts is None and not ok:
             to_judge.append(r)
 
+    if choice_judge is not None and to_read:
+        item_objs = _items_by_id(items, {item_ids[r] for r in to_read})
+        readings = choice_judge([(item_objs[item_ids[r]], reply_for_judge(texts[r])) for r in to_read])
+        if len(readings) != len(to_read):
+            raise ValueError(f"choice judge returned {len(readings)} readings for {len(to_read)} replies")
+        for r, letter in zip(to_read, readings, strict=True):
+            opts, _, gold_key = prepared[item_ids[r]]
+            if letter is None or letter == CHOICE_NONE or opts is None or letter not in opts.letters:
+                continue
+            answer[r], method[r], correct[r] = letter, "judge", letter == gold_key
+
     if judge is not None and to_judge:
-        wanted = {item_ids[r] for r in to_judge}
-        item_objs = {it.id: it for it in items_from_table(
-            items.filter(pc.is_in(items.column("id"), pa.array(sorted(wanted)))))}
+        item_objs = _items_by_id(items, {item_ids[r] for r in to_judge})
         pairs = [(item_objs[item_ids[r]], texts[r][span_start[r]:span_end[r]]) for r in to_judge]
         results = judge(pairs)
         if len(results) != len(pairs):

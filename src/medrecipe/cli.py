@@ -100,9 +100,14 @@ def validate(recipe: RecipeArg, override: Overrides = None) -> None:
         from medrecipe.curate.config import load_curate_recipe
 
         c, _ = load_curate_recipe(recipe, override or [])
+        if c.traces:
+            from medrecipe.curate.compose import check_auxiliary
+
+            check_auxiliary(c)
         console.print(f"[green]ok[/green]: curation recipe {c.name!r}: {len(c.sources)} "
-                      f"source(s), {len(c.teachers)} teacher(s); run directory "
-                      f"{c.resolved_run_dir()}")
+                      f"source(s), {len(c.teachers)} teacher(s)"
+                      + (f", {len(c.mix.auxiliary)} auxiliary run(s)" if c.traces else "")
+                      + f"; run directory {c.resolved_run_dir()}")
         return
     r, _ = _load(recipe, override, preflight=True)
     console.print(f"[green]ok[/green]: recipe {r.name!r}: {len(r.sources)} source(s), "
@@ -166,8 +171,9 @@ def demo(
 def curate(recipe: RecipeArg, override: Overrides = None,
            force: Annotated[list[str] | None, typer.Option(
                help="Re-run these stages even if up to date (ingest, measure, visual, context, "
-                    "tasks, questions, checks, probe, items; or all). Model replies still come "
-                    "from the cache.")] = None,
+                    "tasks, questions, checks, probe, items, draft, refine, verify, traces, split, "
+                    "mix, export, grpo; or all). Model replies still come from the "
+                    "cache.")] = None,
            progress: Annotated[bool | None, typer.Option(
                "--progress/--no-progress", help="Progress bars (default: on a terminal).")] = None
            ) -> None:
@@ -181,6 +187,12 @@ def curate(recipe: RecipeArg, override: Overrides = None,
     outcome = run_curation(ctx)
     print_funnel(ctx.run)
     console.print(f"{outcome.items} items: {ctx.run.path('items')}")
+    if outcome.traces is not None:
+        console.print(f"{outcome.traces} items with a reference trace")
+        for label, paths in (("SFT export", outcome.exports), ("GRPO set", outcome.grpo)):
+            for key in ("llamafactory", "trl", "jsonl_train"):
+                if key in paths:
+                    console.print(f"  {label} {key}: {paths[key]}")
     console.print(f"run directory: {outcome.run_dir}")
     if not outcome.complete:
         console.print("[yellow]some stages stopped early (budget or failed requests); re-run "

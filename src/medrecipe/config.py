@@ -10,10 +10,18 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medrecipe.errors import RecipeError
 
@@ -107,20 +115,54 @@ class SamplingConfig(_Model):
     extra: dict[str, Any] = Field(default_factory=dict)  # passed through to the endpoint
 
 
+def _http_url(v: str) -> str:
+    """`v` stripped, if it is an http(s) URL with a host; else ValueError saying why not."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(v.strip())
+        port = parts.port  # raises on a non-numeric port
+    except ValueError as e:
+        raise ValueError(f"{v!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{v!r}: the scheme must be http or https, not "
+                         f"{parts.scheme or 'missing'!r} (a typo such as htps://?)")
+    if not parts.hostname:
+        raise ValueError(f"{v!r} has no host name")
+    del port
+    return v.strip()
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class EndpointConfig(_Model):
+    """One server of a teacher's fleet; unset limits are the teacher's (applied per endpoint)."""
+
+    url: HttpUrl
+    max_in_flight: int | None = Field(default=None, ge=1)
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+
+
 class TeacherConfig(_Model):
     """A model reachable through a backend (a teacher, a judge or a model under test)."""
 
     backend: Literal["openai_compat", "transformers_local", "replay"] = "openai_compat"
     model: str
     base_url: str | None = None
+    # A fleet (openai_compat): several servers of the same model, one client. Set one of
+    # base_url (one server), base_urls (plain list) or endpoints (list with per-server limits).
+    base_urls: list[HttpUrl] = Field(default_factory=list)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
     api_key_env: str | None = None  # name of the environment variable holding the key
     replay_path: str | None = None  # for backend: replay
     template: str = "long_reasoning"  # prompt template name or path to a .j2 file
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     native_n: bool = True  # send n in one request when the endpoint supports it
-    max_in_flight: int = Field(default=64, ge=1)
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
+    max_in_flight: int = Field(default=64, ge=1)  # per endpoint
+    requests_per_minute: float | None = Field(default=None, gt=0)  # per endpoint
+    tokens_per_minute: float | None = Field(default=None, gt=0)  # per endpoint
     max_retries: int = Field(default=6, ge=0)
     timeout_s: float = Field(default=600.0, gt=0)
     backoff_base_s: float = Field(default=1.0, gt=0)  # first retry delay; doubles per attempt
@@ -141,30 +183,58 @@ class TeacherConfig(_Model):
     def _url_is_http(cls, v: str | None) -> str | None:
         if v is None or not v.strip():
             return None  # blank: no endpoint (the backend says it needs one, if it does)
-        from urllib.parse import urlsplit
+        return _http_url(v)
 
-        try:
-            parts = urlsplit(v.strip())
-            port = parts.port  # raises on a non-numeric port
-        except ValueError as e:
-            raise ValueError(f"{v!r} is not a valid URL: {e}") from None
-        if parts.scheme not in ("http", "https"):
-            raise ValueError(f"{v!r}: the scheme must be http or https, not "
-                             f"{parts.scheme or 'missing'!r} (a typo such as htps://?)")
-        if not parts.hostname:
-            raise ValueError(f"{v!r} has no host name")
-        del port
-        return v.strip()
+    @model_validator(mode="after")
+    def _one_fleet(self) -> TeacherConfig:
+        given = [k for k, v in (("base_url", self.base_url), ("base_urls", self.base_urls),
+                                ("endpoints", self.endpoints)) if v]
+        if len(given) > 1:
+            raise ValueError(f"set only one of base_url, base_urls and endpoints (this teacher "
+                             f"sets {' and '.join(given)}); base_url is the one-server case")
+        if self.backend != "openai_compat" and (self.base_urls or self.endpoints):
+            raise ValueError(f"{given[0]} names servers, which only backend openai_compat "
+                             f"talks to (this teacher's backend is {self.backend})")
+        urls = self.urls()
+        seen = sorted({u for u in urls if urls.count(u) > 1})
+        if seen:
+            raise ValueError(f"{given[0]} repeats {', '.join(seen)}; give a server more "
+                             "capacity with endpoints: [{url: ..., max_in_flight: ...}]")
+        return self
 
     @model_validator(mode="after")
     def _key_not_in_cleartext(self) -> TeacherConfig:
-        if (self.backend == "openai_compat" and self.base_url and self.api_key_env
-                and not self.allow_insecure_http and not is_safe_for_secrets(self.base_url)):
-            raise ValueError(
-                f"base_url {self.base_url!r} is plain http to a host that is not this machine, "
-                f"so the API key in {self.api_key_env} would cross the network unencrypted; "
-                "use https, or set allow_insecure_http: true if you trust that network")
+        if self.backend != "openai_compat" or not self.api_key_env or self.allow_insecure_http:
+            return self
+        for url in self.urls():
+            if not is_safe_for_secrets(url):
+                raise ValueError(
+                    f"base URL {url!r} is plain http to a host that is not this machine, so the API "
+                    f"key in {self.api_key_env} would cross the network unencrypted; use "
+                    "https, or set allow_insecure_http: true if you trust that network")
         return self
+
+    def urls(self) -> list[str]:
+        """The base URL of every server of this teacher, in the order the recipe gives them."""
+        if self.endpoints:
+            return [e.url for e in self.endpoints]
+        return list(self.base_urls) or ([self.base_url] if self.base_url else [])
+
+    def fleet(self) -> list[EndpointConfig]:
+        """Every server with its own limits resolved (the teacher's where it sets none)."""
+        given = self.endpoints or [EndpointConfig(url=u) for u in self.urls()]
+        return [EndpointConfig(
+            url=e.url, max_in_flight=e.max_in_flight or self.max_in_flight,
+            requests_per_minute=e.requests_per_minute or self.requests_per_minute,
+            tokens_per_minute=e.tokens_per_minute or self.tokens_per_minute) for e in given]
+
+    def for_endpoint(self, endpoint: EndpointConfig) -> TeacherConfig:
+        """This teacher as a one-server config: what one backend of the fleet is built from."""
+        return self.model_copy(update={
+            "base_url": endpoint.url, "base_urls": [], "endpoints": [],
+            "max_in_flight": endpoint.max_in_flight or self.max_in_flight,
+            "requests_per_minute": endpoint.requests_per_minute or self.requests_per_minute,
+            "tokens_per_minute": endpoint.tokens_per_minute or self.tokens_per_minute})
 
 
 def is_safe_for_secrets(url: str) -> bool:
@@ -204,6 +274,12 @@ class GenerateConfig(_Model):
 class GradeConfig(_Model):
     judge: str | None = None  # teacher name used to grade free-form answers
     judge_template: str = "judge_open"
+    # Teacher that reads the option a multiple-choice reply commits to when no extraction
+    # rule read it (method "judge"); off when None. Replies refused for several letters, an
+    # invalid answer, an invented continuation or open thinking are never sent.
+    choice_judge: str | None = None
+    choice_judge_template: str = "judge_choice"
+    choice_judge_budget_usd: float | None = Field(default=None, gt=0)  # null: no cap
 
 
 class PassRateFilter(_Model):
@@ -342,6 +418,7 @@ class Recipe(_Model):
             if teacher not in self.teachers:
                 raise ValueError(f"generate.routes.{task} names unknown teacher {teacher!r}")
         for label, t in (("grade.judge", self.grade.judge),
+                         ("grade.choice_judge", self.grade.choice_judge),
                          ("annotate.labeller", self.annotate.labeller),
                          ("select.difficulty.judge",
                           self.select.difficulty.judge if self.select.difficulty else None)):
@@ -466,6 +543,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         t.replay_path = resolve_path(t.replay_path, base)
         t.template = resolve_path(t.template, base) or t.template
     recipe.grade.judge_template = resolve_path(recipe.grade.judge_template, base) or "judge_open"
+    recipe.grade.choice_judge_template = (resolve_path(recipe.grade.choice_judge_template, base)
+                                          or "judge_choice")
     recipe.annotate.template = resolve_path(recipe.annotate.template, base) or "annotate"
     if recipe.select.difficulty:
         d = recipe.select.difficulty
@@ -483,6 +562,7 @@ def used_teachers(recipe: Recipe) -> dict[str, str]:
         for name in recipe.teachers:
             used.setdefault(name, f"teachers.{name}")
     for label, name in (("grade.judge", recipe.grade.judge),
+                        ("grade.choice_judge", recipe.grade.choice_judge),
                         ("annotate.labeller", recipe.annotate.labeller if recipe.annotate.enabled
                          else None),
                         ("select.difficulty.judge",
@@ -503,8 +583,9 @@ def teacher_problems(name: str, t: TeacherConfig, where: str,
     env = os.environ if environ is None else environ
     out: list[tuple[str, str]] = []
     loc = f"teachers.{name}"
-    if t.backend == "openai_compat" and not t.base_url:
-        out.append((f"{loc}.base_url", f"teacher {name!r} (used by {where}) needs base_url"))
+    if t.backend == "openai_compat" and not t.urls():
+        out.append((f"{loc}.base_url", f"teacher {name!r} (used by {where}) needs base_url "
+                                       "(or base_urls / endpoints for a fleet of servers)"))
     if t.backend == "openai_compat" and t.api_key_env and not env.get(t.api_key_env):
         out.append((f"{loc}.api_key_env",
                     f"the environment variable {t.api_key_env} is not set (teacher {name!r} "
@@ -532,6 +613,8 @@ def preflight(recipe: Recipe, path: str | None = None) -> None:
         problems += teacher_problems(name, recipe.teachers[name], where)
     templates = [("grade.judge_template", recipe.grade.judge_template if recipe.grade.judge
                   else None),
+                 ("grade.choice_judge_template", recipe.grade.choice_judge_template
+                  if recipe.grade.choice_judge else None),
                  ("annotate.template", recipe.annotate.template if recipe.annotate.enabled
                   else None),
                  ("select.difficulty.template",

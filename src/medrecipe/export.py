@@ -26,6 +26,7 @@ placeholders and a stray one would misalign images.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -389,20 +390,91 @@ def trl_row(ex: dict[str, Any], system_prompt: str | None, embed: bool) -> dict[
             "teacher": ex.get("teacher") or "", "messages": messages, "images": images}
 
 
-def _write_trl_parquet(table: Rows, path: Path, resolve: ImageResolver | None,
-                       config: ExportConfig, features: Any, chunk: int = 256) -> int:
+ARROW_SHARD_BYTES = 500 * 2**20  # like datasets' save_to_disk default shard size
+
+
+def _hf_layout(features: Any) -> tuple[pa.Schema, dict[str, Any], str]:
+    """The on-disk layout `datasets` itself writes for these features: the Arrow schema (with
+    its metadata), state.json and dataset_info.json, taken from a one-row dataset it saves,
+    so the files written here load with whatever `datasets` version is installed."""
+    import tempfile
+
+    from datasets import Dataset
+
+    row = {"id": [""], "item_id": [""], "source": [""], "task": [""], "teacher": [""],
+           "messages": [[]], "images": [[]]}
+    with tempfile.TemporaryDirectory() as d:
+        Dataset.from_dict(row, features=features).save_to_disk(d)
+        state = json.loads((Path(d) / "state.json").read_text())
+        info = (Path(d) / "dataset_info.json").read_text()
+        arrow = next(Path(d).glob("*.arrow"))
+        with pa.memory_map(str(arrow)) as source:
+            schema = pa.ipc.open_stream(source).schema
+    return schema, state, info
+
+
+class _ArrowShards:
+    """Arrow IPC stream files of one split in `datasets`' save_to_disk layout, written as the
+    rows come (a new file every ARROW_SHARD_BYTES), so the TRL export never holds the split."""
+
+    def __init__(self, folder: Path, schema: pa.Schema):
+        self.folder, self.schema = folder, schema
+        folder.mkdir(parents=True, exist_ok=True)
+        self.files: list[Path] = []
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._bytes = 0
+        self.digest = hashlib.sha256()
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None or self._bytes >= ARROW_SHARD_BYTES:
+            self._roll()
+        table = table.replace_schema_metadata(self.schema.metadata)
+        self._writer.write_table(table)  # type: ignore[union-attr]
+        self._bytes += table.nbytes
+        self.digest.update(str(table.num_rows).encode())
+        self.digest.update("\n".join(table.column("id").to_pylist()).encode())
+
+    def _roll(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        path = self.folder / f".part-{len(self.files):05d}.arrow"
+        self.files.append(path)
+        self._writer = pa.ipc.new_stream(str(path), self.schema)
+        self._bytes = 0
+
+    def close(self, state: dict[str, Any], info: str, split: str) -> None:
+        if self._writer is None:  # a split with no rows still gets one (empty) file
+            self._roll()
+        self._writer.close()  # type: ignore[union-attr]
+        n = len(self.files)
+        names = []
+        for i, p in enumerate(self.files):
+            name = f"data-{i:05d}-of-{n:05d}.arrow"
+            os.replace(p, self.folder / name)
+            names.append({"filename": name})
+        st = dict(state, _data_files=names, _fingerprint=self.digest.hexdigest()[:16],
+                  _split=split)
+        (self.folder / "state.json").write_text(json.dumps(st, indent=2))
+        (self.folder / "dataset_info.json").write_text(info)
+
+
+def _write_trl_split(table: Rows, path: Path, arrow_dir: Path, resolve: ImageResolver | None,
+                     config: ExportConfig, features: Any, layout: tuple, split: str,
+                     chunk: int = 256) -> int:
+    """One split of the TRL export: Parquet and save_to_disk Arrow files from one stream."""
     schema = features.arrow_schema
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     writer = pq.ParquetWriter(tmp, schema)
+    arrow = _ArrowShards(arrow_dir, layout[0])
     n = 0
     try:
         batch: list[dict[str, Any]] = []
         for ex in _examples(table, resolve, config):
             batch.append(trl_row(ex, config.system_prompt, config.embed_images))
             if len(batch) >= chunk:
-                n += _flush(writer, batch, features, schema)
-        n += _flush(writer, batch, features, schema)
+                n += _flush((writer, arrow), batch, features, schema)
+        n += _flush((writer, arrow), batch, features, schema)
         if n == 0:
             writer.write_table(schema.empty_table())
     except BaseException:
@@ -410,16 +482,19 @@ def _write_trl_parquet(table: Rows, path: Path, resolve: ImageResolver | None,
         tmp.unlink(missing_ok=True)
         raise
     writer.close()
+    arrow.close(layout[1], layout[2], split)
     os.replace(tmp, path)
     return n
 
 
-def _flush(writer: pq.ParquetWriter, batch: list[dict[str, Any]], features: Any,
-           schema: pa.Schema) -> int:
+def _flush(writers: tuple[pq.ParquetWriter, _ArrowShards], batch: list[dict[str, Any]],
+           features: Any, schema: pa.Schema) -> int:
     if not batch:
         return 0
     cols = {k: [r[k] for r in batch] for k in batch[0]}
-    writer.write_table(pa.Table.from_pydict(features.encode_batch(cols), schema=schema))
+    table = pa.Table.from_pydict(features.encode_batch(cols), schema=schema)
+    writers[0].write_table(table)
+    writers[1].write(table)
     n = len(batch)
     batch.clear()
     return n
@@ -427,35 +502,27 @@ def _flush(writer: pq.ParquetWriter, batch: list[dict[str, Any]], features: Any,
 
 def export_trl(splits: dict[str, Rows], out: Path, parquet_out: Path,
                resolve: ImageResolver | None, config: ExportConfig) -> dict[str, Path]:
-    """Write Parquet per split, then a DatasetDict with save_to_disk (train, validation)."""
-    from datasets import Dataset, DatasetDict
+    """Parquet per split and a DatasetDict folder (`datasets.load_from_disk`), both streamed.
 
+    The DatasetDict is written in the layout `datasets.save_to_disk` produces (Arrow stream
+    files, state.json, dataset_info.json, dataset_dict.json, metadata taken from `datasets`
+    itself), not through it: `save_to_disk` reads a memory-mapped copy and its memory grows
+    with the export.
+    """
     features = trl_features()
+    layout = _hf_layout(features)
     paths: dict[str, Path] = {}
-    parts: dict[str, Path] = {}
+    names: list[str] = []
+    shutil.rmtree(out, ignore_errors=True)
     for split, table in splits.items():
         if split != "train" and table.num_rows == 0:
             continue
         hf_split = "validation" if split == "val" else split
         p = parquet_out / f"{hf_split}.parquet"
-        _write_trl_parquet(table, p, resolve, config, features)
-        parts[hf_split] = p
+        _write_trl_split(table, p, out / hf_split, resolve, config, features, layout, hf_split)
+        names.append(hf_split)
         paths[f"trl_parquet_{split}"] = p
-    cache = out.with_name(f".{out.name}.cache-{os.getpid()}")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        dd = DatasetDict({s: Dataset.from_parquet(str(p), features=features, cache_dir=str(cache),
-                                                  keep_in_memory=False)
-                          for s, p in parts.items()})
-        shutil.rmtree(tmp, ignore_errors=True)
-        dd.save_to_disk(str(tmp))
-        del dd
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    (out / "dataset_dict.json").write_text(json.dumps({"splits": names}))
     paths["trl"] = out
     return paths
 

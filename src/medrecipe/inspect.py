@@ -75,6 +75,49 @@ def print_funnel(run: Run) -> None:
         if f[key]:
             console.print(_counter_table(f"items {key.replace('_', ' ')}", Counter(f[key]),
                                          key.removeprefix("by_")))
+    print_trace_funnel(run)
+
+
+def print_trace_funnel(run: Run) -> None:
+    """Curation part 2: draft / refine / verify, splits by article, the mix, the GRPO set."""
+    from medrecipe.curate.compose import compose_funnel
+    from medrecipe.curate.trace_stage import trace_funnel
+
+    f = trace_funnel(run)
+    if f is None:
+        return
+    t = Table(title=f"trace funnel: {f['items_in']} items in, {f['traces_out']} traces kept")
+    for col in ("stage", "in", "removed (reason: n)", "waiting", "out"):
+        t.add_column(col, overflow="fold")
+    for st in f["stages"]:
+        removed = ", ".join(f"{k}: {v}" for k, v in st["removed"].items()) or "-"
+        t.add_row(st["stage"], str(st["in"]), removed, str(st.get("pending", 0)), str(st["out"]))
+    console.print(t)
+    if f["failed_by_criterion"]:
+        console.print("verify, traces failing each criterion: " + ", ".join(
+            f"{k} {v}" for k, v in f["failed_by_criterion"].items()))
+    c = compose_funnel(run)
+    if c is None:
+        return
+    s = Table(title="splits by article")
+    for col in ("split", "articles", "items", "target"):
+        s.add_column(col)
+    for name, v in c["splits"].items():
+        s.add_row(name, str(v.get("articles", 0)), str(v.get("items", 0)),
+                  str(c["targets"].get(name, "rest")))
+    console.print(s)
+    if c["mix"]:
+        m = Table(title=f"SFT mix: {c['mix']['questions_out']} questions "
+                        f"({c['mix']['curated_questions']} curated)")
+        for col in ("source", "questions", "train rows", "val rows"):
+            m.add_column(col)
+        for src, v in (c["mix"]["by_source"] or {}).items():
+            m.add_row(src, str(v.get("questions", 0)), str(v.get("train", 0)), str(v.get("val", 0)))
+        console.print(m)
+    if c["grpo"]:
+        console.print(f"GRPO set: {c['grpo']['questions']} questions (" + ", ".join(
+            f"{k} {v['taken']} of {v['available']}" for k, v in c["grpo"]["by_source"].items())
+            + ")")
 
 
 def inspect_run(run_dir: str | Path, samples: int = 3) -> None:

@@ -30,6 +30,7 @@ ANATOMIES = ("brain", "head and neck", "chest", "heart", "breast", "abdomen", "l
 _RATING = re.compile(r"<rating>\s*(\d{1,2})\s*</rating>", re.IGNORECASE)
 _VERDICT = re.compile(r"<verdict>\s*(correct|incorrect)\s*</verdict>", re.IGNORECASE)
 _JSON_OBJ = re.compile(r"\{.*\}", re.DOTALL)
+_CHOICE = re.compile(r"<choice>\s*([^<]*?)\s*</choice>", re.IGNORECASE)
 
 # Judgements should be reproducible: greedy decoding, short replies.
 JUDGE_SAMPLING = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=512, seed=0)
@@ -48,6 +49,27 @@ def parse_verdict(text: str | None) -> bool | None:
     """True / False from the last <verdict> tag, None when there is none."""
     found = _VERDICT.findall(text or "")
     return None if not found else found[-1].lower() == "correct"
+
+
+def parse_choice(text: str | None, n_options: int) -> str | None:
+    """The option letter or "NONE" a reading reply gives, else None (unparseable).
+
+    Strict: exactly one <choice>...</choice> tag (or a reply that is nothing but the
+    token) holding one letter among the item's options, or NONE.
+    """
+    from medrecipe.answers import CHOICE_NONE
+    from medrecipe.schema import LETTERS
+
+    t = (text or "").strip()
+    tags = _CHOICE.findall(t)
+    if len(tags) > 1:
+        return None
+    token = (tags[0] if tags else t).strip().strip("*").strip()
+    if token.upper() == CHOICE_NONE:
+        return CHOICE_NONE
+    if len(token) == 1 and token.upper() in LETTERS[:n_options]:
+        return token.upper()
+    return None
 
 
 def parse_labels(text: str | None, modalities=MODALITIES, anatomies=ANATOMIES) -> dict[str, str | None]:
@@ -82,7 +104,7 @@ class JudgeRun:
 def _ask(items: list[Item], judge: str, teachers: Mapping[str, TeacherConfig], template: str,
          cache_dir: str | Path, images: ImageStore | None, *, progress: bool | None,
          backends=None, extra_for=None, sampling: SamplingConfig | None = None,
-         description: str = "judge"):
+         description: str = "judge", budget_usd: float | None = None):
     from medrecipe.generate import Engine, GenRequest
     from medrecipe.prompts import load_template
 
@@ -92,7 +114,7 @@ def _ask(items: list[Item], judge: str, teachers: Mapping[str, TeacherConfig], t
                        messages=tpl.render(it, **(extra_for(it) if extra_for else {})))
             for it in items]
     engine = Engine(teachers, cache_dir, images=images, progress=progress, backends=backends,
-                    description=description)
+                    description=description, budget_usd=budget_usd)
     return engine.run(reqs)
 
 
@@ -138,6 +160,63 @@ def make_open_judge(judge: str, teachers: Mapping[str, TeacherConfig], template:
         return [by_id.get(k.id) for k in keyed]
 
     return judge_pairs
+
+
+class ChoiceReader:
+    """Reads the option a multiple-choice reply commits to with a judge teacher (the `judge` method).
+
+    Called by the grade stage with (item, reply) pairs that no extraction rule read and none
+    refused; one cached request per distinct pair. Returns a letter, "NONE", or None for a
+    reply that could not be read (unparseable judge reply, failed request); the counts of
+    each outcome accumulate on the reader for the stage record.
+    """
+
+    def __init__(self, judge: str, teachers: Mapping[str, TeacherConfig], template: str,
+                 cache_dir: str | Path, images: ImageStore | None = None, *,
+                 progress: bool | None = None, backends=None, budget_usd: float | None = None):
+        self.judge, self.teachers, self.template = judge, teachers, template
+        self.cache_dir, self.images, self.progress = cache_dir, images, progress
+        self.backends, self.budget_usd = backends, budget_usd
+        self.run = JudgeRun()
+        self.asked = self.answered = self.declined = 0
+
+    def counts(self) -> dict[str, object]:
+        """Outcome counts so far: asked, answered (a letter), declined (NONE), unparsed, failed, spend."""
+        return {"asked": self.asked, "answered": self.answered, "declined": self.declined,
+                "unparsed": self.run.unparsed, "failed": self.run.failed,
+                "spend_usd": round(self.run.spend_usd, 6), "complete": self.run.complete}
+
+    def __call__(self, pairs: list[tuple[Item, str]]) -> list[str | None]:
+        if not pairs:
+            return []
+        replies: dict[str, str] = {}
+        keyed: list[Item] = []
+        for i, (it, reply) in enumerate(pairs):
+            keyed.append(it.model_copy(update={"id": f"{it.id}#read{i}"}))
+            replies[keyed[-1].id] = reply
+        res = _ask(keyed, self.judge, self.teachers, self.template, self.cache_dir, self.images,
+                   progress=self.progress, backends=self.backends, budget_usd=self.budget_usd,
+                   extra_for=lambda it: {"response": replies[it.id]}, description="read replies")
+        self.run.spend_usd += res.spend_usd
+        self.run.complete = self.run.complete and res.complete
+        by_id = {g.item_id: g for g in res.generations}
+        out: list[str | None] = []
+        for k in keyed:
+            self.asked += 1
+            g = by_id.get(k.id)
+            if g is None or g.error:
+                self.run.failed += 1  # failed, or not sent (budget stop)
+                out.append(None)
+                continue
+            letter = parse_choice(g.text, len(k.options))
+            if letter is None:
+                self.run.unparsed += 1
+            elif letter == "NONE":
+                self.declined += 1
+            else:
+                self.answered += 1
+            out.append(letter)
+        return out
 
 
 def annotate_items(items: pa.Table, labeller: str, teachers: Mapping[str, TeacherConfig],

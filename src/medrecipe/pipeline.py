@@ -210,7 +210,7 @@ def choose_shards(recipe: Recipe, run: Run, n_items: int) -> int:
 
 def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
     """Decontaminate, dedup images, resize and balance the training items -> items shards."""
-    from medrecipe.prepare.stage import prepare as prepare_items
+    from medrecipe.prepare.stage import prepare_flags_schema, prepare_stream
     from medrecipe.shards import ShardWriter
 
     r = ctx.recipe
@@ -222,8 +222,15 @@ def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
     ctx.run.set_meta(shards=n_shards)
 
     def body() -> StageResult:
-        result = prepare_items(read_source_items(ctx.run, train), read_source_items(ctx.run, bench),
-                               r.prepare, ctx.images)
+        from medrecipe.schema import QUARANTINE_SCHEMA, to_table
+
+        bench_items = read_source_items(ctx.run, bench)  # small: held whole for its indexes
+
+        def train_batches():
+            for name in train:
+                if ctx.run.has(f"ingest/{name}"):
+                    yield from ctx.run.iter_batches(f"ingest/{name}", r.batch_size)
+
         folder = ctx.run.path("items")
         if folder.exists() and not folder.is_dir():
             folder.unlink()  # an unsharded items.parquet of an older run
@@ -232,18 +239,36 @@ def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
 
             shutil.rmtree(folder)
         writer = ShardWriter(folder, n_shards, ITEM_SCHEMA, key="id")
+        flags = ctx.run.sink("prepare_flags", prepare_flags_schema(bench_items, r.prepare))
+        quarantine = ctx.run.sink(str(ctx.run.quarantine_path("prepare").relative_to(ctx.run.root)),
+                                  QUARANTINE_SCHEMA)
+        kept = removed = 0
+
+        def emit_items(t: pa.Table) -> None:
+            nonlocal kept
+            writer.write(t)
+            kept += t.num_rows
+
+        def emit_quarantine(rows: list) -> None:
+            nonlocal removed
+            if rows:
+                quarantine.write(to_table(rows, QUARANTINE_SCHEMA))
+                removed += len(rows)
+
         try:
-            writer.write(result.items)
+            counts, details = prepare_stream(train_batches, bench_items, r.prepare, ctx.images,
+                                             emit_items=emit_items, emit_flags=flags.write,
+                                             emit_quarantine=emit_quarantine)
         except BaseException:
             writer.abort()
+            flags.abort()
+            quarantine.abort()
             raise
         writer.commit()
-        if getattr(result, "flags", None) is not None:
-            ctx.run.write_table("prepare_flags", result.flags)
-        ctx.run.write_quarantine("prepare", result.quarantine)
-        return StageResult(rows={"items": result.items.num_rows,
-                                 "removed": len(result.quarantine)},
-                           extra={"removed": result.counts, "shards": n_shards, **result.details})
+        flags.commit()
+        quarantine.commit()
+        return StageResult(rows={"items": kept, "removed": removed},
+                           extra={"removed": counts, "shards": n_shards, **details})
 
     ran, rec = run_stage(ctx.run, "prepare", config_hash({"prepare": r.prepare, "shards": n_shards}),
                          inputs, ["items"], body, force=ctx.forced("prepare"))
@@ -290,11 +315,13 @@ def _teachers_hash(ctx: Context) -> str:
     used = sorted(set(r.generate.routes.values()) or set(r.teachers))
     tpl = {n: load_template(r.teachers[n].template).hash for n in used if n in r.teachers}
     ctx.run.manifest.setdefault("templates", {}).update(tpl)
-    # The price table and limits do not change answers; leave them out of the fingerprint.
+    # The price table, limits and which servers answer do not change answers (the cache key
+    # has no URL either); leave them out, so adding a server to a fleet re-runs nothing.
     teach = {n: r.teachers[n].model_dump(
         mode="json", exclude={"price", "max_in_flight", "requests_per_minute",
                               "tokens_per_minute", "max_retries", "timeout_s", "backoff_base_s",
-                              "backoff_max_s", "http_transport"})
+                              "backoff_max_s", "http_transport", "base_url", "base_urls",
+                              "endpoints", "allow_insecure_http"})
         for n in used if n in r.teachers}
     return config_hash({"teachers": teach, "templates": tpl,
                         "generate": r.generate.model_dump(mode="json", exclude={"budget_usd"})})
@@ -339,8 +366,10 @@ def grade(ctx: Context, upstream: str) -> str:
     from medrecipe.sharded import GradePayload, grade_shard
 
     r = ctx.recipe
-    cfg = config_hash({"grade": r.grade,
-                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None})
+    cfg = config_hash({"grade": r.grade.model_dump(mode="json"),
+                       "judge": r.teachers[r.grade.judge] if r.grade.judge else None,
+                       "choice_judge": r.teachers[r.grade.choice_judge] if r.grade.choice_judge
+                       else None})
     ran, rec = run_sharded_stage(ctx.run, "grade", cfg, {"generations": upstream}, ["verdicts"],
                                  grade_shard, ctx.n_shards, ctx.executor,
                                  GradePayload(ctx.models(), r.grade, ctx.items_name),
@@ -348,6 +377,11 @@ def grade(ctx: Context, upstream: str) -> str:
     ctx.log(f"grade: {'done' if ran else 'up to date'}, {rec.rows.get('verdicts', 0)} verdicts, "
             f"{rec.rows.get('correct', 0)} correct, {rec.rows.get('ungradable', 0)} without a "
             f"gradable answer ({rec.seconds:.1f}s)")
+    cj = rec.extra.get("choice_judge")
+    if cj:
+        ctx.log(f"grade: choice judge read {cj['answered']} of {cj['asked']} replies no rule read "
+                f"({cj['declined']} NONE, {cj['unparsed']} unparseable, {cj['failed']} failed, "
+                f"${cj['spend_usd']:.4f})")
     return output_fingerprint(rec)
 
 
@@ -360,7 +394,7 @@ def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
     Two sharded passes: candidates per shard (everything but the mix), then the mix quotas
     set from every shard's candidate questions and applied shard by shard.
     """
-    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL, apply_mix_delta, mix_thresholds
+    from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL, apply_mix_delta
     from medrecipe.sharded import SelectPayload, mix_shard, select_shard
     from medrecipe.store import merge_stats
 
@@ -369,14 +403,10 @@ def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
     if r.select.difficulty:
         cfg["judge"] = r.teachers[r.select.difficulty.judge]
     payload = SelectPayload(ctx.models(), r.select, ctx.items_name)
-    mix_keys: dict[str, list] = {}
 
     def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
-        for p in parts:
-            for src, keys in (p["stats"].pop("mix_keys", None) or {}).items():
-                mix_keys.setdefault(src, []).extend(keys)
         merged = merge_stats(parts)
-        quotas, limits = mix_thresholds(r.select, mix_keys)
+        quotas, limits = candidate_mix_limits(ctx.run, r.select)
         merged["stats"]["mix_quotas"] = quotas
         merged["mix_limits"] = limits
         return merged
@@ -404,6 +434,28 @@ def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
     ctx.log(f"select: {'done' if ran else 'up to date'}, {rec.rows.get('train', 0)} train / "
             f"{rec.rows.get('val', 0)} validation traces ({rec.seconds:.1f}s)")
     return output_fingerprint(rec)
+
+
+def candidate_mix_limits(run: Run, config) -> tuple[dict[str, int] | None, dict[str, Any]]:
+    """Mix quotas and limits from every shard's candidate questions, streamed (8 bytes each)."""
+    import numpy as np
+
+    from medrecipe.select import mix_key, mix_limits
+
+    mix = config.mix
+    if not (mix.weights or mix.quotas or mix.total is not None):
+        return None, {}
+    keys: dict[str, list[np.ndarray]] = {}
+    for batch in run.iter_batches("select_candidates", 65_536, ["source", "item_id"]):
+        seen: dict[str, set[str]] = {}
+        for s, x in zip(batch.column("source").to_pylist(), batch.column("item_id").to_pylist(),
+                        strict=True):
+            seen.setdefault(s, set()).add(x)
+        for s, ids in seen.items():
+            keys.setdefault(s, []).append(np.fromiter((mix_key(config.seed, x) for x in ids),
+                                                      np.uint64, count=len(ids)))
+    # A question's traces may straddle a batch boundary: count each key once.
+    return mix_limits(config, {s: np.unique(np.concatenate(p)) for s, p in keys.items()})
 
 
 def export(ctx: Context, upstream: str) -> tuple[str, dict[str, str]]:

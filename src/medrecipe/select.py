@@ -312,24 +312,34 @@ def mix_quotas(config: SelectConfig, available: dict[str, int]) -> dict[str, int
 # --------------------------------------------------------------------------- mixing over shards
 
 
-def mix_thresholds(config: SelectConfig, keys_by_source: dict[str, list[list[Any]]]
-                   ) -> tuple[dict[str, int] | None, dict[str, list[Any] | None]]:
-    """Quotas from every shard's candidate questions, and per source the last order key kept.
+def mix_key(seed: int, item_id: str) -> int:
+    """A question's place in its source's mix order (ties broken by the item id)."""
+    return _h64(seed, "mix:" + item_id)
 
-    A source maps to None when its quota keeps nothing; sources whose quota keeps them
-    whole are left out (nothing to cut).
+
+def mix_limits(config: SelectConfig, keys: dict[str, Any]
+               ) -> tuple[dict[str, int] | None, dict[str, list[Any] | None]]:
+    """Quotas from every shard's candidate questions, and per source the last mix key kept.
+
+    `keys` maps a source to a numpy uint64 array of its candidate questions' distinct
+    `mix_key`s (8 bytes per question). The in-memory selection breaks ties between equal
+    keys by item id; two questions sharing a 64-bit key (about one chance in 10^7 at a
+    million questions) would both fall on the same side of the limit here. A source maps to
+    None when its quota keeps nothing; sources kept whole are left out (nothing to cut).
     """
-    quotas = mix_quotas(config, {s: len(k) for s, k in keys_by_source.items()})
+    import numpy as np
+
+    quotas = mix_quotas(config, {s: len(k) for s, k in keys.items()})
     limits: dict[str, list[Any] | None] = {}
     if quotas is None:
         return None, limits
-    for src, keys in keys_by_source.items():
-        q = quotas.get(src, len(keys))
-        if q >= len(keys):
+    for src, arr in keys.items():
+        q = quotas.get(src, len(arr))
+        if q >= len(arr):
             continue
-        limits[src] = sorted((int(h), x) for h, x in keys)[q - 1] if q > 0 else None
-        if limits[src] is not None:
-            limits[src] = list(limits[src])
+        # [key, sentinel]: every id compares below the sentinel, so (key, id) <= limit keeps
+        # exactly the q smallest keys.
+        limits[src] = None if q <= 0 else [int(np.partition(arr, q - 1)[q - 1]), "\U0010ffff"]
     return quotas, limits
 
 
@@ -349,7 +359,7 @@ def apply_mix(table: pa.Table, limits: dict[str, list[Any] | None], seed: int
         ok = True
         if s in limits:
             lim = limits[s]
-            ok = lim is not None and (_h64(seed, "mix:" + x), x) <= (int(lim[0]), lim[1])
+            ok = lim is not None and (mix_key(seed, x), x) <= (int(lim[0]), lim[1])
         keep.append(ok)
         if not ok:
             for group, key in (("by_source", s), ("by_teacher", t or "")):
@@ -400,10 +410,9 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
            texts: Any = None) -> SelectResult:
     """Rejection-sample, filter, cap, mix and split graded traces into training examples.
 
-    With `defer_mix` the mix quotas are not applied here: the result keeps every candidate
-    and `stats["mix_keys"]` lists, per source, the (hash, item id) order key of each
-    candidate question, so that a sharded run can set the quotas from all shards together
-    (`mix_thresholds`) and apply them shard by shard (`apply_mix`), with the same result as
+    With `defer_mix` the mix quotas are not applied here: the result keeps every candidate,
+    so that a sharded run can set the quotas from all shards' candidates together
+    (`mix_limits`) and apply them shard by shard (`apply_mix`), with the same result as
     selecting everything at once.
 
     `texts(keys) -> table` (key, text, reasoning, model, completion_tokens) fetches the
@@ -642,8 +651,6 @@ def select(items: pa.Table, generations: pa.Table, verdicts: pa.Table, config: S
         "questions": dict(q_totals),
         "questions_by_source": {k: dict(q_stats[k]) for k in sorted(q_stats)},
         "mix_quotas": quotas,
-        **({"mix_keys": {s: [[_h64(seed, "mix:" + x), x] for x in ids]
-                         for s, ids in per_source.items()}} if defer_mix else {}),
         "missing_item": missing_item,
         "missing_generation": missing_gen,
         "target_format": config.target_format,

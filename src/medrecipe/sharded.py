@@ -158,21 +158,29 @@ def grade_shard(job: ShardJob) -> ShardOutcome:
     from medrecipe.store import ParquetSink
 
     p: GradePayload = job.payload
-    judge, cache = None, None
+    judge = reader = cache = None
+    if p.config.judge or p.config.choice_judge:
+        cache = _cache(p.models, job)
     if p.config.judge:
         from medrecipe.judge import make_open_judge
 
-        cache = _cache(p.models, job)
         judge = make_open_judge(p.config.judge, p.models.teachers, p.config.judge_template, cache,
                                 _images(p.models), progress=p.models.progress,
                                 backends=p.models.backends)
+    if p.config.choice_judge:
+        from medrecipe.judge import ChoiceReader
+
+        reader = ChoiceReader(p.config.choice_judge, p.models.teachers,
+                              p.config.choice_judge_template, cache, _images(p.models),
+                              progress=p.models.progress, backends=p.models.backends,
+                              budget_usd=p.config.choice_judge_budget_usd)
     items = _read(job, p.items, ITEM_SCHEMA)
     sink = ParquetSink(_out(job, "verdicts"), VERDICT_SCHEMA)
     rows = {"verdicts": 0, "correct": 0, "ungradable": 0}
     methods: dict[str, int] = {}
     try:
         for batch in iter_batches(_out(job, "generations"), 8192):
-            v = grade_generations(batch, items, p.config, judge=judge)
+            v = grade_generations(batch, items, p.config, judge=judge, choice_judge=reader)
             sink.write(v)
             correct = v.column("correct").to_pylist()
             rows["verdicts"] += v.num_rows
@@ -187,7 +195,12 @@ def grade_shard(job: ShardJob) -> ShardOutcome:
         if cache is not None:
             cache.close()
     sink.commit()
-    return ShardOutcome(job.shard, rows=rows, stats={"methods": methods})
+    stats: dict[str, Any] = {"methods": methods}
+    complete = True
+    if reader is not None:
+        stats["choice_judge"] = reader.counts()
+        complete = bool(stats["choice_judge"].pop("complete", True))
+    return ShardOutcome(job.shard, rows=rows, complete=complete, stats=stats)
 
 
 # --------------------------------------------------------------------------- select

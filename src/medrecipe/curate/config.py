@@ -12,6 +12,13 @@ A curation recipe is its own YAML file (`kind: curate`), run with `medrecipe cur
     tasks: {teacher: judge}
     questions: {teacher: judge}
     probe: {teacher: judge, k: 4}
+    # part 2 (optional): source-grounded traces, splits by article, the training mix
+    draft: {teacher: drafter}
+    refine: {teacher: judge}
+    verify: {teacher: verifier}
+    split: {seed: 0, benchmark: 1500, grpo: 2000}
+    mix: {auxiliary: [{recipe: octomed_vqa.yaml, benchmark_source: curated_bench}]}
+    grpo: {curated: 2560, sources: {pmc_vqa: 2560}}
 
 Teachers are the same `TeacherConfig` models the OctoMed recipe uses; each model-backed
 step names one and may override its prompt template and sampling.
@@ -25,6 +32,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from medrecipe.config import (
+    ExportConfig,
     ReportConfig,
     SamplingConfig,
     SourceSpec,
@@ -180,6 +188,132 @@ class ProbeConfig(ModelStep):
         return v
 
 
+# --------------------------------------------------------------------------- part 2: traces
+
+
+class DraftConfig(ModelStep):
+    """Draft: one explanation per item from the image, source context, question and answer."""
+
+    template: str = "curate_draft"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(
+        temperature=0.7, top_p=0.95, max_tokens=2048, seed=0))
+    min_words: int = Field(default=20, ge=1)  # a shorter reply is no draft (re-asked)
+    # Items whose sub-caption, caption and in-text references hold fewer words than this
+    # have no source context to ground a trace in: excluded as `no_source_context`.
+    min_context_words: int = Field(default=8, ge=1)
+
+
+class RefineConfig(ModelStep):
+    """Refine: the draft rewritten into the three delimited sections, unsupported claims cut."""
+
+    template: str = "curate_refine"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(
+        temperature=0.3, top_p=0.95, max_tokens=2048, seed=0))
+    min_section_words: int = Field(default=4, ge=1)  # a shorter section counts as missing
+    check_options: bool = True  # a justification naming another option: refine:wrong_option
+
+
+class VerifyConfig(ModelStep):
+    """Verify: a verdict with a reason on source consistency, answer justification, utility."""
+
+    enabled: bool = True  # false keeps every refined trace (the paper always verifies)
+    template: str = "curate_verify"
+    structured_output: bool = False  # also send the verdict JSON schema as response_format
+
+
+Share = int | float  # an item count (int >= 0) or a share of the traced items (0 <= x < 1)
+
+
+def _check_share(v: Share, label: str) -> Share:
+    if isinstance(v, bool):
+        raise ValueError(f"{label} must be a number of items or a share, not {v!r}")
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError(f"{label} must be >= 0 items, got {v}")
+    elif not 0.0 <= v < 1.0:
+        raise ValueError(f"{label}: a share must lie in [0, 1) (write a whole number for a "
+                         f"count of items), got {v}")
+    return v
+
+
+class SplitConfig(_Model):
+    """Train / GRPO hold-out / benchmark splits made by article (all figures of an article
+    go to one split); sizes are items, filled article by article in a seeded order."""
+
+    seed: int = 0
+    benchmark: Share = 0.1
+    grpo: Share = 0.05
+    benchmark_name: str = Field(default="curated_bench", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("benchmark", "grpo")
+    @classmethod
+    def _share(cls, v: Share, info) -> Share:
+        return _check_share(v, f"split.{info.field_name}")
+
+
+class AuxiliarySpec(_Model):
+    """Auxiliary VQA items with traces distilled by the OctoMed pipeline (`medrecipe run`)."""
+
+    recipe: str | None = None  # an OctoMed recipe, brought up to date before the mix
+    run: str | None = None  # or the run directory of one that was already run
+    run_dir: str | None = None  # where `recipe` runs (default <curate run>/auxiliary/<name>)
+    # A `role: benchmark` source of `recipe` whose path is set to this run's benchmark split,
+    # so the OctoMed prepare stage decontaminates and dedups images against it.
+    benchmark_source: str | None = None
+    overrides: list[str] = Field(default_factory=list)  # dotted overrides for `recipe`
+
+    @model_validator(mode="after")
+    def _one(self) -> AuxiliarySpec:
+        if (self.recipe is None) == (self.run is None):
+            raise ValueError("name either `recipe` (an OctoMed recipe to run) or `run` (a run "
+                             "directory), not both")
+        if self.run is not None and (self.benchmark_source or self.overrides or self.run_dir):
+            raise ValueError("benchmark_source, overrides and run_dir apply to `recipe` only")
+        return self
+
+
+class CurateMixConfig(_Model):
+    """The SFT training mix: curated train items plus auxiliary items, with quotas."""
+
+    auxiliary: list[AuxiliarySpec] = Field(default_factory=list)
+    quotas: dict[str, int] = Field(default_factory=dict)  # source -> max questions
+    # family -> max questions; a curated item's family is its task family (perception,
+    # diagnosis, ...), an auxiliary item's is its meta.family or else its task.
+    family_quotas: dict[str, int] = Field(default_factory=dict)
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)  # curated: drawn by article
+    seed: int = 0
+
+    @field_validator("quotas", "family_quotas")
+    @classmethod
+    def _non_negative(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: n for k, n in v.items() if n < 0}
+        if bad:
+            raise ValueError(f"quotas must be >= 0, got {bad}")
+        return v
+
+
+def _grpo_instruction() -> str:
+    """The instruction `medrecipe train grpo` puts after items-table prompts (its rewards
+    score a think block followed by an answer block)."""
+    from medrecipe.train.config import GRPOConfig
+
+    return GRPOConfig.model_fields["instruction"].default
+
+
+class GrpoSetConfig(_Model):
+    """The GRPO set: held-out curated items plus named auxiliary sources, counted per source."""
+
+    enabled: bool = True
+    curated: int | None = Field(default=None, ge=0)  # from the grpo split (None: all of it)
+    sources: dict[str, int] = Field(default_factory=dict)  # auxiliary source -> questions
+    seed: int = 0
+    dataset_name: str = Field(default="grpo", pattern=r"^[A-Za-z0-9_.-]+$")
+    # Appended to every prompt (after the options); by default the one GRPO's format
+    # reward expects. null: none.
+    instruction: str | None = Field(default_factory=_grpo_instruction)
+    system_prompt: str | None = None
+
+
 class CurateRecipe(_Model):
     """A curation recipe: figure records in, image-dependent clinical questions out."""
 
@@ -199,7 +333,20 @@ class CurateRecipe(_Model):
     questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    # Part 2 runs when `draft` is set (refine and verify then too).
+    draft: DraftConfig | None = None
+    refine: RefineConfig | None = None
+    verify: VerifyConfig | None = None
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    mix: CurateMixConfig = Field(default_factory=CurateMixConfig)
+    export: ExportConfig = Field(default_factory=lambda: ExportConfig(dataset_name="curated"))
+    grpo: GrpoSetConfig = Field(default_factory=GrpoSetConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @property
+    def traces(self) -> bool:
+        """Whether part 2 (draft, refine, verify, splits, mix, exports) runs."""
+        return self.draft is not None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> CurateRecipe:
@@ -207,6 +354,14 @@ class CurateRecipe(_Model):
         steps: list[tuple[str, ModelStep, bool]] = [
             ("context", self.context, self.context.enabled), ("tasks", self.tasks, True),
             ("questions", self.questions, True), ("probe", self.probe, self.probe.enabled)]
+        given = [n for n in ("draft", "refine", "verify") if getattr(self, n) is not None]
+        if given and len(given) < 3:
+            missing = [n for n in ("draft", "refine", "verify") if n not in given]
+            raise ValueError(f"traces need draft, refine and verify; add {', '.join(missing)} "
+                             "(verify: {enabled: false} keeps traces unverified)")
+        if self.draft is not None and self.refine is not None and self.verify is not None:
+            steps += [("draft", self.draft, True), ("refine", self.refine, True),
+                      ("verify", self.verify, self.verify.enabled)]
         for label, step, on in steps:
             if not on:
                 continue
@@ -217,10 +372,18 @@ class CurateRecipe(_Model):
                 step.teacher = next(iter(self.teachers))
             elif step.teacher not in self.teachers:
                 raise ValueError(f"{label}.teacher names unknown teacher {step.teacher!r}")
+        if self.grpo.sources and not self.mix.auxiliary:
+            raise ValueError("grpo.sources names auxiliary sources, but mix.auxiliary lists no "
+                             "auxiliary run to draw them from")
         return self
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def model_steps(self) -> list[ModelStep]:
+        """Every model-backed step the recipe configures (switched off ones included)."""
+        steps: list[ModelStep] = [self.context, self.tasks, self.questions, self.probe]
+        return steps + [s for s in (self.draft, self.refine, self.verify) if s is not None]
 
 
 def curate_recipe_from_data(data: Any, path: str | None = None) -> CurateRecipe:
@@ -241,9 +404,11 @@ def load_curate_recipe(path: str | Path, overrides: list[str] | None = None
         s.image_root = resolve_path(s.image_root, base)
     for t in recipe.teachers.values():
         t.replay_path = resolve_path(t.replay_path, base)
-    for step in (recipe.context, recipe.tasks, recipe.questions, recipe.probe):
+    for step in recipe.model_steps():
         if step.template.endswith(".j2"):
             step.template = resolve_path(step.template, base) or step.template
+    for aux in recipe.mix.auxiliary:
+        aux.recipe = resolve_path(aux.recipe, base) if aux.recipe else None
     if recipe.cache_dir:
         recipe.cache_dir = resolve_path(recipe.cache_dir, base)
     return recipe, data

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -120,30 +120,41 @@ class CriterionVerdict(BaseModel):
         return v
 
 
-class ContextVerdict(BaseModel):
-    """The judge's reply: one verdict per criterion, nothing else."""
+class VerdictSet(BaseModel):
+    """A judge's reply of one verdict per criterion; subclasses declare the criteria."""
 
     model_config = ConfigDict(extra="forbid")
+    criteria: ClassVar[tuple[str, ...]] = ()
 
+    def failed(self) -> list[str]:
+        """Criteria that did not pass, in the declared order."""
+        return [c for c in self.criteria if getattr(self, c).verdict != "pass"]
+
+
+class ContextVerdict(VerdictSet):
+    """The context judge's reply: one verdict per criterion, nothing else."""
+
+    criteria: ClassVar[tuple[str, ...]] = CRITERIA
     textual_adequacy: CriterionVerdict
     clinical_relevance: CriterionVerdict
     image_text_alignment: CriterionVerdict
     reasoning_readiness: CriterionVerdict
 
-    def failed(self) -> list[str]:
-        """Criteria that did not pass, in CRITERIA order."""
-        return [c for c in CRITERIA if getattr(self, c).verdict != "pass"]
+
+def verdict_json_schema(criteria: Sequence[str], name: str) -> dict[str, Any]:
+    """A per-criterion verdict reply as an OpenAI-style response_format JSON schema."""
+    crit = {"type": "object", "additionalProperties": False, "required": ["verdict", "reason"],
+            "properties": {"verdict": {"type": "string", "enum": ["pass", "fail"]},
+                           "reason": {"type": "string"}}}
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True,
+            "schema": {"type": "object", "additionalProperties": False,
+                       "required": list(criteria),
+                       "properties": {c: crit for c in criteria}}}}
 
 
 def json_schema() -> dict[str, Any]:
     """The reply schema, as an OpenAI-style response_format (for endpoints that honour it)."""
-    crit = {"type": "object", "additionalProperties": False, "required": ["verdict", "reason"],
-            "properties": {"verdict": {"type": "string", "enum": ["pass", "fail"]},
-                           "reason": {"type": "string"}}}
-    return {"type": "json_schema", "json_schema": {"name": "context_verdict", "strict": True,
-            "schema": {"type": "object", "additionalProperties": False,
-                       "required": list(CRITERIA),
-                       "properties": {c: crit for c in CRITERIA}}}}
+    return verdict_json_schema(CRITERIA, "context_verdict")
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -176,10 +187,18 @@ def schema_problem(e: ValidationError) -> str:
     return f"{loc}: {err.get('msg', '').removeprefix('Value error, ')}"
 
 
-def parse_context_verdict(text: str | None) -> ContextVerdict:
-    """The judge's verdicts, validated against the schema; ParseError otherwise."""
+V = TypeVar("V", bound=VerdictSet)
+
+
+def parse_verdicts(model: type[V], text: str | None) -> V:
+    """A reply of per-criterion verdicts, validated against `model`; ParseError otherwise."""
     data = json_object(text)
     try:
-        return ContextVerdict.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ParseError(f"the verdict does not match the schema ({schema_problem(e)})") from None
+
+
+def parse_context_verdict(text: str | None) -> ContextVerdict:
+    """The judge's verdicts, validated against the schema; ParseError otherwise."""
+    return parse_verdicts(ContextVerdict, text)

@@ -10,6 +10,13 @@
     curate.probe            text-only probe         curate/probe.parquet
     curate.items            Items + the funnel      items.parquet, manifest["curate"]["funnel"]
 
+and, when the recipe has `draft` (part 2; curate/trace_stage.py and curate/compose.py):
+
+    curate.draft / refine / verify / traces   source-grounded traces -> curate/traced_items
+    curate.split            by article              curate/splits, split_items, benchmark/
+    curate.mix / export     SFT training mix        curate/sft_{train,val}, export/
+    curate.grpo             the GRPO set            curate/grpo_items, grpo/jsonl/
+
 Each stage reads its predecessor's output, writes its own, and quarantines what it drops
 (`quarantine/<stage>.parquet`) with a reason. Record-level stages write one row per record
 they saw with a `kept` flag; candidate-level stages (a candidate is one (record, category)
@@ -68,7 +75,7 @@ PROBE = "curate/probe"
 ITEMS = "items"
 
 STAGES = ("ingest", "measure", "visual", "context", "tasks", "questions", "checks", "probe",
-          "items")
+          "items", "draft", "refine", "verify", "traces", "split", "mix", "export", "grpo")
 
 
 # --------------------------------------------------------------------------- context
@@ -838,11 +845,18 @@ class CurateOutcome:
     complete: bool
     items: int
     report: Path | None = None
+    traces: int | None = None  # items with a reference trace (None: part 2 not configured)
+    exports: dict[str, str] = field(default_factory=dict)  # SFT export paths
+    grpo: dict[str, str] = field(default_factory=dict)  # GRPO set export paths
 
 
 def run_curation(ctx: CurateContext) -> CurateOutcome:
     """Every curation stage in order; each is skipped when up to date and resumed otherwise."""
     try:
+        if ctx.recipe.traces:
+            from medrecipe.curate.compose import check_auxiliary
+
+            check_auxiliary(ctx.recipe)  # a broken auxiliary recipe fails before any work
         fps = {s.name: ingest_source(ctx, s) for s in ctx.recipe.sources}
         fp = measure(ctx, fps)
         fp = visual_stage(ctx, fp)
@@ -851,7 +865,8 @@ def run_curation(ctx: CurateContext) -> CurateOutcome:
         fp = questions_stage(ctx, fp)
         fp = checks_stage(ctx, fp)
         fp = probe_stage(ctx, fp)
-        items_stage(ctx, fp)
+        fp = items_stage(ctx, fp)
+        part2 = run_traces(ctx, fp) if ctx.recipe.traces else {}
         report = None
         if ctx.recipe.report.enabled:
             from medrecipe.report import write_report
@@ -861,7 +876,23 @@ def run_curation(ctx: CurateContext) -> CurateOutcome:
         stages = ctx.run.manifest.get("stages", {})
         complete = all(rec.get("complete", True) for name, rec in stages.items()
                        if name.startswith("curate."))
-        return CurateOutcome(ctx.run.root, complete, ctx.run.num_rows(ITEMS), report)
+        return CurateOutcome(ctx.run.root, complete, ctx.run.num_rows(ITEMS), report, **part2)
     finally:
         ctx.close()  # the run directory lock and its log file
+
+
+def run_traces(ctx: CurateContext, upstream: str) -> dict[str, Any]:
+    """Part 2: draft, refine, verify, split by article, mix, SFT export, GRPO set."""
+    from medrecipe.curate import compose, trace_stage
+
+    fp = trace_stage.draft_stage(ctx, upstream)
+    fp = trace_stage.refine_stage(ctx, fp)
+    fp = trace_stage.verify_stage(ctx, fp)
+    fp = trace_stage.traces_stage(ctx, fp)
+    fp = compose.split_stage(ctx, fp)
+    aux = compose.auxiliary_runs(ctx)
+    fp = compose.mix_stage(ctx, fp, aux)
+    exports = compose.export_stage(ctx, fp, aux)
+    grpo = compose.grpo_stage(ctx, fp, aux)
+    return {"traces": ctx.run.num_rows(trace_stage.TRACED), "exports": exports, "grpo": grpo}
 

@@ -191,6 +191,12 @@ class EvalConfig(_Model):
     cache_dir: str | None = None  # default: <run>/cache (share it between runs to reuse answers)
     tokenizer: str | None = None  # local tokenizer for thinking/answer token counts
     budget_usd: float | None = None
+    # Model that reads the option a multiple-choice reply commits to when no extraction
+    # rule read it (method "judge"); off when None. Never asked about replies refused for
+    # several letters, an invalid answer, an invented continuation or open thinking.
+    choice_judge: TeacherConfig | None = None
+    choice_judge_template: str = "judge_choice"
+    choice_judge_budget_usd: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _checks(self) -> EvalConfig:
@@ -268,6 +274,9 @@ def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> Ev
         cfg.trace.judge.replay_path = resolve_path(cfg.trace.judge.replay_path, base)
     if cfg.model.backend == "transformers_local":
         cfg.model.model = resolve_path(cfg.model.model, base)
+    if cfg.choice_judge is not None:
+        cfg.choice_judge.replay_path = resolve_path(cfg.choice_judge.replay_path, base)
+        cfg.choice_judge_template = resolve_path(cfg.choice_judge_template, base) or "judge_choice"
     return cfg
 
 

@@ -228,6 +228,26 @@ def _sampling(cfg: EvalConfig, seed: int, *, max_tokens: int | None = None,
                           extra={**s.extra, **(extra or {})})
 
 
+def _read_choices(config: EvalConfig, to_read: list[tuple[int, Item, str]], samples: list[dict[str, Any]],
+                  verdicts: list[Verdict], images: Any, run: Run, progress: bool | None,
+                  backends: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Ask the choice judge about unread replies; a letter it reads becomes the sample's answer (method judge)."""
+    from medrecipe.answers import CHOICE_NONE, Extraction, grade
+    from medrecipe.judge import ChoiceReader
+
+    reader = ChoiceReader("choice_judge", {"choice_judge": config.choice_judge},  # type: ignore[dict-item]
+                          config.choice_judge_template, config.cache_dir or run.subdir("cache"), images,
+                          progress=progress, backends=backends, budget_usd=config.choice_judge_budget_usd)
+    readings = reader([(item, reply) for _, item, reply in to_read])
+    for (i, item, _), letter in zip(to_read, readings, strict=True):
+        if letter is None or letter == CHOICE_NONE:
+            continue
+        correct = grade(Extraction(letter, "judge"), item)
+        samples[i].update(answer=letter, pred_label=_pred_label(letter, item), method="judge", correct=correct)
+        verdicts[i] = verdicts[i].model_copy(update={"answer": letter, "method": "judge", "correct": correct})
+    return reader.counts()
+
+
 def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
              backends: Mapping[str, Any] | None = None, progress: bool | None = None,
              log: Callable[[str], None] | None = None) -> EvalResult:
@@ -333,7 +353,9 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
                     forced[sample_key] = (prefix, c)
 
     # ---- 4. grade every sample
-    from medrecipe.answers import extract, grade
+    from medrecipe.answers import extract, grade, judge_eligible, reply_for_judge
+
+    to_read: list[tuple[int, Item, str]] = []  # (sample index, item, reply) for the choice judge
 
     counter = TokenCounter(config.tokenizer or (config.model.model if
                                                 config.model.backend == "transformers_local" else None))
@@ -367,6 +389,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             ext = extract(text, options=item.options or None)
             correct = grade(ext, item)
             answer, method, span, terminated = ext.answer, ext.method, ext.span, ext.terminated
+            if config.choice_judge is not None and item.options and judge_eligible(ext):
+                to_read.append((len(samples), item, reply_for_judge(text)))
         else:
             answer, method, span, terminated, correct = None, "none", None, True, None
         cue_tokens = None
@@ -401,6 +425,13 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             "latency_s": g.latency_s,
             "cost_usd": g.cost_usd, "text": text,
         })
+
+    judge_counts = None
+    if to_read:
+        judge_counts = _read_choices(config, to_read, samples, verdicts, images, run, progress, backends)
+        say(f"choice judge: {judge_counts['answered']} of {judge_counts['asked']} unread replies read "
+            f"({judge_counts['declined']} NONE, {judge_counts['unparsed']} unparseable, "
+            f"{judge_counts['failed']} failed)")
 
     # ---- 4b. reasoning traces scored on checklists (benchmarks with `trace` on)
     from medrecipe.evaluate.trace_eval import score_traces
@@ -443,6 +474,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
                    "failures": first.failures, "spend_usd": first.spend_usd,
                    "not_launched": first.not_launched},
         "trace_judge": judge_tally.as_dict() if traces else None,
+        "choice_judge": judge_counts,
         "samples": len(samples),
         "expected_samples": expected,
         "complete": complete,

@@ -136,6 +136,59 @@ class NearDuplicates:
     unreadable: int = 0
 
 
+class NearIndex:
+    """dHashes of the benchmark images, computed once, to query training images batch by batch."""
+
+    def __init__(self, bench_refs: Mapping[str, Iterable[str]], store: ImageStore, threshold: int):
+        self.store, self.threshold = store, threshold
+        self.owners: dict[str, list[str]] = {}  # bench sha -> benchmarks
+        for bench, refs in bench_refs.items():
+            for r in refs:
+                lst = self.owners.setdefault(base_sha(r), [])
+                if bench not in lst:
+                    lst.append(bench)
+        self.hashed = self.unreadable = 0
+        self._hashes: dict[str, int] = {}  # 8 bytes per distinct image, kept across batches
+        self._unreadable: set[str] = set()
+        for sha in self.owners:
+            self._hash(sha)
+        self.b_shas = [s for s in self.owners if s in self._hashes]
+        self._b = np.array([self._hashes[s] for s in self.b_shas], dtype=np.uint64)
+
+    def _hash(self, sha: str) -> None:
+        try:
+            self._hashes[sha] = dhash_file(self.store.path(sha))
+            self.hashed += 1
+        except Exception:  # noqa: BLE001 - an unreadable image cannot be compared
+            self.unreadable += 1
+            self._unreadable.add(sha)
+
+    def query(self, train_refs: Sequence[Sequence[str]]) -> NearDuplicates:
+        """Near matches of these rows' images (exact byte matches are reported apart)."""
+        result = NearDuplicates()
+        before = (self.hashed, self.unreadable)
+        train_shas = [s for s in dict.fromkeys(base_sha(r) for refs in train_refs for r in refs or ())
+                      if s not in self.owners]
+        for sha in train_shas:  # an image seen in an earlier batch is not decoded again
+            if sha not in self._hashes and sha not in self._unreadable:
+                self._hash(sha)
+        t_shas = [s for s in train_shas if s in self._hashes]
+        ti, bi, dist = hamming_pairs(np.array([self._hashes[s] for s in t_shas], dtype=np.uint64),
+                                     self._b, self.threshold)
+        near: dict[str, list[tuple[int, str]]] = {}
+        for t, b, d in zip(ti.tolist(), bi.tolist(), dist.tolist(), strict=True):
+            near.setdefault(t_shas[t], []).append((d, self.b_shas[b]))
+        for row, refs in enumerate(train_refs):
+            found = [NearMatch(r, b_sha, bench, d)
+                     for r in refs or () for d, b_sha in near.get(base_sha(r), ())
+                     for bench in self.owners[b_sha]]
+            if found:
+                result.rows[row] = sorted(found, key=lambda m: (m.distance, m.benchmark, m.bench_ref))
+        result.hashed = self.hashed - before[0]
+        result.unreadable = self.unreadable - before[1]
+        return result
+
+
 def near_matches(train_refs: Sequence[Sequence[str]], bench_refs: Mapping[str, Iterable[str]],
                  store: ImageStore, threshold: int) -> NearDuplicates:
     """Training rows with an image whose dHash is within `threshold` bits of a benchmark image.
@@ -143,33 +196,7 @@ def near_matches(train_refs: Sequence[Sequence[str]], bench_refs: Mapping[str, I
     Each distinct image is hashed once; an image that cannot be read is counted as
     unreadable and compared with nothing. Matches per row are sorted by distance.
     """
-    result = NearDuplicates()
-    owners: dict[str, list[str]] = {}  # bench sha -> benchmarks
-    for bench, refs in bench_refs.items():
-        for r in refs:
-            lst = owners.setdefault(base_sha(r), [])
-            if bench not in lst:
-                lst.append(bench)
-    train_shas = list(dict.fromkeys(base_sha(r) for refs in train_refs for r in refs or ()
-                                    if base_sha(r) not in owners))  # exact matches: reported apart
-    hashes: dict[str, int] = {}
-    for sha in [*owners, *train_shas]:
-        try:
-            hashes[sha] = dhash_file(store.path(sha))
-            result.hashed += 1
-        except Exception:  # noqa: BLE001 - an unreadable image cannot be compared
-            result.unreadable += 1
-    b_shas = [s for s in owners if s in hashes]
-    t_shas = [s for s in train_shas if s in hashes]
-    ti, bi, dist = hamming_pairs(np.array([hashes[s] for s in t_shas], dtype=np.uint64),
-                                 np.array([hashes[s] for s in b_shas], dtype=np.uint64), threshold)
-    near: dict[str, list[tuple[int, str]]] = {}
-    for t, b, d in zip(ti.tolist(), bi.tolist(), dist.tolist(), strict=True):
-        near.setdefault(t_shas[t], []).append((d, b_shas[b]))
-    for row, refs in enumerate(train_refs):
-        found = [NearMatch(r, b_sha, bench, d)
-                 for r in refs or () for d, b_sha in near.get(base_sha(r), ())
-                 for bench in owners[b_sha]]
-        if found:
-            result.rows[row] = sorted(found, key=lambda m: (m.distance, m.benchmark, m.bench_ref))
+    index = NearIndex(bench_refs, store, threshold)
+    result = index.query(train_refs)
+    result.hashed, result.unreadable = index.hashed, index.unreadable
     return result

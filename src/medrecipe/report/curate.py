@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medrecipe.config import ReportConfig
-from medrecipe.report.plots import bar, funnel_chart, threshold_histograms
+from medrecipe.report.plots import bar, distributions, funnel_chart, threshold_histograms
 from medrecipe.report.sample import TopK, round_robin
 from medrecipe.report.scan import TEXT_BATCH_ROWS, batches, dataset_files, fetch_rows
 from medrecipe.schema import LETTERS
@@ -127,9 +127,13 @@ def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]
     if cfg.examples <= 0 or not qdir.exists():
         return []
     sample = TopK(2 * cfg.examples)
+    # Dropped traces have their own side-by-side cards (draft, refined, verdicts).
+    trace_stages = pa.array(["curate.draft", "curate.refine", "curate.verify"])
     # Whole rows (raw replies included), so batches of the text size.
     for t in batches(sorted(qdir.glob("*.parquet")), None, TEXT_BATCH_ROWS):
-        t = t.filter(pc.fill_null(pc.starts_with(t.column("stage"), "curate."), False))
+        stage = t.column("stage")
+        t = t.filter(pc.and_(pc.fill_null(pc.starts_with(stage, "curate."), False),
+                             pc.invert(pc.is_in(stage, value_set=trace_stages))))
         if not t.num_rows:
             continue
         stage, item, reason = (t.column(c).to_pylist() for c in ("stage", "item_id", "reason"))
@@ -178,6 +182,129 @@ def curate_report(run: Run, resolve, cfg: ReportConfig, out_dir: Path) -> dict[s
                                            "Visual measures of every image, with thresholds")
     medians = {name: (float(np.nanmedian(v)) if v and not np.all(np.isnan(v)) else None)
                for name, v, _, _ in panels}
+    traces = trace_report(run, resolve, cfg, out_dir)
+    if traces is not None:
+        plots.update(traces.pop("plots"))
     return {"funnel": f, "plots": {k: v for k, v in plots.items() if v is not None},
             "thresholds": thresholds, "medians": medians,
-            "kept": _kept_cards(run, resolve, cfg), "dropped": _dropped_cards(run, resolve, cfg)}
+            "kept": _kept_cards(run, resolve, cfg), "dropped": _dropped_cards(run, resolve, cfg),
+            "traces": traces}
+
+
+# --------------------------------------------------------------------------- part 2: traces
+
+
+LIGHT = {"item_id": pa.string(), "kept": pa.bool_(), "status": pa.string(),
+         "failed": pa.list_(pa.string())}  # what a trace's outcome is decided from
+
+
+def _by_item(run: Run, table: str) -> dict[str, dict[str, Any]]:
+    """{item id: its outcome columns} of a trace table (the texts are fetched per card)."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in batches(dataset_files(run.path(table)), LIGHT):
+        for row in t.to_pylist():
+            out[row["item_id"]] = row
+    return out
+
+
+def _full_rows(run: Run, table: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    return fetch_rows(dataset_files(run.path(table)), "item_id", {i: i for i in ids})
+
+
+def _outcome(item_id: str, refined: dict, verified: dict, traced: set[str]) -> str:
+    if item_id in traced:
+        return "kept"
+    r = refined.get(item_id)
+    if r is None or r["status"] == "pending":
+        return "not refined"
+    if not r["kept"]:
+        return (r["failed"] or [f"refine_{r['status']}"])[0]
+    v = verified.get(item_id)
+    if v is None or v["status"] == "pending":
+        return "not verified"
+    if v["status"] != "ok":
+        return "verify_unparsed" if v["status"] == "unparsed" else "verify_failed"
+    return f"verify:{v['failed'][0]}" if v["failed"] else "kept"
+
+
+def _trace_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
+    """Draft, refined sections and verdicts side by side, with the image and source texts."""
+    from medrecipe.curate.trace_stage import DRAFTS, REFINED, TRACED, VERIFIED
+    from medrecipe.curate.traces import SECTION_TITLES, SECTIONS, VERIFY_CRITERIA
+    from medrecipe.report.html import thumbnail
+
+    drafts = _by_item(run, DRAFTS)
+    if not drafts or cfg.examples <= 0 or not run.has("items"):
+        return []
+    refined, verified = _by_item(run, REFINED), _by_item(run, VERIFIED)
+    traced = {i for t in batches(dataset_files(run.path(TRACED)), {"id": pa.string()})
+              for i in t.column("id").to_pylist()}
+    sample = TopK(2 * cfg.examples)
+    ids = [i for i, d in drafts.items() if d["kept"]]
+    sample.offer([_outcome(i, refined, verified, traced) for i in ids], ids, ids.__getitem__)
+    picked = round_robin(sample.groups(), 2 * cfg.examples)
+    items = fetch_rows(dataset_files(run.path("items")), "id", {i: i for i in picked})
+    drafts, refined, verified = (_full_rows(run, name, picked)
+                                 for name in (DRAFTS, REFINED, VERIFIED))
+    limit = min(cfg.max_text_chars, 2000)
+    out = []
+    for item_id in picked:
+        it = items.get(item_id)
+        if it is None:
+            continue
+        meta = json.loads(it["meta"] or "{}")
+        ctx = meta.get("source_context") or {}
+        r, v = refined.get(item_id) or {}, verified.get(item_id) or {}
+        sections = json.loads(r["sections"]) if r.get("sections") else None
+        verdicts = json.loads(v["verdicts"]) if v.get("verdicts") else None
+        outcome = _outcome(item_id, refined, verified, traced)
+        out.append({
+            "item_id": item_id, "outcome": outcome, "kept": outcome == "kept",
+            "category": meta.get("category_label"), "family": meta.get("family"),
+            "image": thumbnail(it["images"][0], resolve, cfg.thumbnail_px)
+            if it["images"] else None,
+            "sub_caption": _cut(ctx.get("sub_caption"), limit),
+            "caption": _cut(ctx.get("caption"), limit),
+            "references": [_cut(x, limit) for x in (ctx.get("references") or [])[:3]],
+            "question": _question_view({"stem": it["question"], "options": it["options"],
+                                        "correct": it["answer"]}),
+            "draft": _cut(drafts[item_id]["draft"], limit),
+            "sections": [(SECTION_TITLES[k], sections[k]) for k in SECTIONS] if sections
+            else None,
+            "refine_detail": _cut(r.get("detail"), 600),
+            "refine_reply": _cut(r.get("text"), limit) if not sections else None,
+            "verdicts": [(c, verdicts[c]["verdict"], verdicts[c]["reason"])
+                         for c in VERIFY_CRITERIA] if verdicts else None,
+            "verify_reply": _cut(v.get("text"), limit) if v and not verdicts else None,
+            "verify_status": v.get("status")})
+    return out
+
+
+def trace_report(run: Run, resolve, cfg: ReportConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The trace part of the curation section (None before part 2 ran)."""
+    from medrecipe.curate.compose import compose_funnel
+    from medrecipe.curate.trace_stage import TRACED, trace_funnel
+    from medrecipe.curate.traces import SECTIONS
+
+    f = trace_funnel(run)
+    if f is None:
+        return None
+    plots: dict[str, Path | None] = {}
+    plots["trace_removals"] = bar({f"{s['stage']}: {r}": n for s in f["stages"]
+                                   for r, n in s["removed"].items()},
+                                  out_dir / "curate_trace_removals.png",
+                                  "Traces removed per stage and reason", "items")
+    plots["trace_criteria"] = bar(f["failed_by_criterion"], out_dir / "curate_trace_criteria.png",
+                                  "Verified traces failing each criterion", "traces")
+    if run.has(TRACED):
+        words: dict[str, list[float]] = {k: [] for k in SECTIONS}
+        for meta in (m for t in batches(dataset_files(run.path(TRACED)), {"meta": pa.string()})
+                     for m in t.column("meta").to_pylist()):
+            n = (json.loads(meta or "{}").get("trace") or {}).get("words") or {}
+            for k in SECTIONS:
+                if k in n:
+                    words[k].append(float(n[k]))
+        plots["trace_words"] = distributions(words, out_dir / "curate_trace_words.png",
+                                             "Words per trace section (kept traces)", "words")
+    return {"funnel": f, "compose": compose_funnel(run), "cards": _trace_cards(run, resolve, cfg),
+            "plots": plots}

@@ -65,13 +65,17 @@ class BackendError(Exception):
     """A failed call; `retryable` tells the engine whether to try again."""
 
     def __init__(self, message: str, *, retryable: bool, status: int | None = None,
-                 retry_after: float | None = None, auth: bool = False):
+                 retry_after: float | None = None, auth: bool = False,
+                 unhealthy: bool = False):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
         self.auth = auth  # the endpoint rejected the credentials: stop the whole run
+        # The server looks down or broken (no connection, no answer in time, a 5xx): the
+        # engine's health tracking counts it against this endpoint, not against the request.
+        self.unhealthy = unhealthy
 
 
 @runtime_checkable

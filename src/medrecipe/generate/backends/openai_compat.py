@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import ssl
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,19 @@ def _environment_proxies() -> dict[str, str | None]:
     return get_environment_proxies()
 
 
+_SSL_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS client context per process and CA setting: building one costs ~20-50 ms of
+    CPU, so the clients of every endpoint (and every run) share it."""
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    ctx = _SSL_CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _SSL_CONTEXTS[key] = httpx.create_ssl_context()
+    return ctx
+
+
 class OpenAICompatBackend:
     """Chat completions against any OpenAI-compatible endpoint."""
 
@@ -165,15 +179,18 @@ class OpenAICompatBackend:
 
     def _client(self) -> int:
         if not self._clients:
-            # One TLS context for all clients: building one costs ~20 ms of CPU.
-            ssl_ctx = httpx.create_ssl_context()
             if self.transport == "fast":
                 # httpx ignores proxy variables when given a transport: mount them ourselves,
                 # with httpx's own transport for proxied origins.
+                proxies = _environment_proxies()
+                # Plain http to the server itself needs no TLS context (building one blocks
+                # the event loop for tens of ms, once per endpoint of a fleet).
+                ssl_ctx = shared_ssl_context() if (
+                    self.url.startswith("https:") or any(proxies.values())) else None
                 mounts = {pattern: None if url is None else httpx.AsyncHTTPTransport(
-                              proxy=url, verify=ssl_ctx,
+                              proxy=url, verify=ssl_ctx or shared_ssl_context(),
                               limits=httpx.Limits(max_connections=self.teacher.max_in_flight))
-                          for pattern, url in _environment_proxies().items()}
+                          for pattern, url in proxies.items()}
                 self._clients = [httpx.AsyncClient(
                     headers=self._headers, timeout=self._timeout, params=self._params,
                     transport=Http1Transport(self.teacher.max_in_flight, ssl_ctx),
@@ -182,6 +199,7 @@ class OpenAICompatBackend:
                 limits = httpx.Limits(max_connections=self._per_shard,
                                       max_keepalive_connections=self._per_shard,
                                       keepalive_expiry=60.0)
+                ssl_ctx = shared_ssl_context()
                 self._clients = [httpx.AsyncClient(headers=self._headers, timeout=self._timeout,
                                                    limits=limits, params=self._params,
                                                    verify=ssl_ctx)
@@ -273,10 +291,10 @@ class OpenAICompatBackend:
             raw = resp.content
         except httpx.TimeoutException:
             raise BackendError(f"timed out after {self.teacher.timeout_s:g} s",
-                               retryable=True) from None
+                               retryable=True, unhealthy=True) from None
         except httpx.HTTPError as e:
             msg = self.redact(f"connection error: {type(e).__name__}: {e}")
-            raise BackendError(msg, retryable=True) from None
+            raise BackendError(msg, retryable=True, unhealthy=True) from None
         finally:
             self._load[shard] -= 1
         latency = time.perf_counter() - t0
@@ -305,7 +323,8 @@ class OpenAICompatBackend:
             return BackendError(msg, retryable=False, status=status, auth=True)
         retryable = status in _RETRYABLE_STATUS or status >= 500
         return BackendError(msg, retryable=retryable, status=status,
-                            retry_after=retry_after_from(headers) if retryable else None)
+                            retry_after=retry_after_from(headers) if retryable else None,
+                            unhealthy=status >= 500)
 
     def _parse(self, data: Any, request: ChatRequest, latency: float) -> ChatResponse:
         if not isinstance(data, dict):

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 IMAGES = HERE / "images"
 SOURCE = "demo_figures"  # the recipe's source name: record ids are demo_figures/<id>
 JUDGE, PROBER = "demo-curator", "demo-prober"
+DRAFTER, REFINER, VERIFIER = "demo-drafter", "demo-refiner", "demo-verifier"
 
 # --------------------------------------------------------------------------- drawing
 
@@ -455,7 +456,7 @@ RECORDS = [
            "Figure 3. Staging radiograph of a 16-year-old boy with osteosarcoma of the femur.",
            ["Staging chest radiography showed three pulmonary nodules in the left lung "
             "(Figure 3); CT confirmed pulmonary metastases and found no further lesions."]),
-    record("d11", "PMC9000111", "F2", None, "endoscopy",
+    record("d11", "PMC9000105", "F2", None, "endoscopy",  # the same article as d05
            "Upper endoscopy: a 1.5-cm clean-based ulcer on the lesser curvature of the gastric "
            "antrum with smooth, regular margins.",
            "Figure 2. Epigastric pain in a 50-year-old woman taking naproxen for "
@@ -1022,6 +1023,307 @@ _PROBE_TEXT = {"A": "Without the image the stem still points to the first option
                "E": "Without the picture, I would pick the last option."}
 
 
+# Part 2: source-grounded traces. Per kept question: the drafter's explanation, the
+# refiner's three sections (a list: one reply per sample, re-asks included) and the
+# verifier's verdicts (None: every criterion passes; a dict: the failing criteria with their
+# reasons; a list: raw replies, one per sample).
+def _t(perception: str, interpretation: str, justification: str) -> str:
+    return (f"<perception>{perception}</perception>\n<interpretation>{interpretation}"
+            f"</interpretation>\n<justification>{justification}</justification>")
+
+
+PASS_REASONS = {
+    "source_consistency": "Every finding in the trace is shown in the image or stated in the "
+                          "captions and in-text references.",
+    "answer_justification": "The trace shows how the findings lead to the selected option.",
+    "reasoning_utility": "The trace stays on this image and this question without padding.",
+}
+
+
+def _verdict(fail: dict[str, str] | None = None) -> str:
+    fail = fail or {}
+    return json.dumps({c: {"verdict": "fail" if c in fail else "pass",
+                           "reason": fail.get(c, r)} for c, r in PASS_REASONS.items()})
+
+
+TRACES = {
+    ("d01", "findings"): (
+        ["The frontal radiograph shows a thin pleural line running parallel to the right chest "
+         "wall with no lung markings beyond it, which is what the question is about. The "
+         "sub-caption describes this visceral pleural line, and the article reports a "
+         "24-year-old man with sudden right-sided pleuritic pain. Air outside the lung edge "
+         "is a pneumothorax. The authors inserted a drain and the lung re-expanded the next "
+         "day."],
+        [_t("Frontal chest radiograph. In the right hemithorax a thin visceral pleural line "
+            "runs parallel to the chest wall, with no lung markings lateral to it.",
+            "A visible visceral pleural line with no markings beyond it means air has "
+            "separated the lung from the chest wall; the presentation was sudden right-sided "
+            "pleuritic pain.",
+            "Air outside a right-sided pleural line in a patient with acute pleuritic pain "
+            "makes a right-sided pneumothorax the main abnormality.")], None),
+    ("d01", "annotation_marker"): (
+        ["The arrow points to a fine white line close to the right chest wall. The sub-caption "
+         "says the arrow marks the visceral pleural line, beyond which there are no lung "
+         "markings. That line is the edge of the lung pushed away from the chest wall by air, "
+         "so the arrow marks the visceral pleural line. His oxygen saturation was 93%."],
+        [_t("Frontal chest radiograph with an arrow pointing at a thin curved white line in the "
+            "lateral right hemithorax, beyond which no lung markings are visible.",
+            "The sub-caption states that the arrow marks the visceral pleural line, which is "
+            "the displaced edge of the lung when air lies in the pleural space.",
+            "The marked structure is the thin line at the lung edge that the caption names, "
+            "so the arrow points to the visceral pleural line.")], None),
+    ("d01", "next_step_management"): (
+        ["The radiograph shows a right pneumothorax with a pleural line and absent markings "
+         "laterally. The article states that the rim of air measured more than 2 cm at the "
+         "hilum and that he was breathless at rest, so a small-bore chest drain was inserted. "
+         "Large symptomatic primary pneumothoraces need drainage, while observation suits "
+         "small ones; most recur within five years."],
+        [_t("Frontal chest radiograph with a right visceral pleural line and no lung markings "
+            "lateral to it: a rim of air along the right chest wall.",
+            "This is a right pneumothorax; the in-text reference gives a rim of air over 2 cm "
+            "at the hilum in a patient breathless at rest, which makes it large and "
+            "symptomatic.",
+            "A large, symptomatic pneumothorax in a stable young man needs the pleural air "
+            "drained, which makes small-bore chest drain insertion the appropriate next "
+            "step.")], None),
+    ("d02", "diagnosis"): (
+        ["On the portal venous phase CT there is a well-defined hypodense lesion in the right "
+         "lobe of the liver with peripheral nodular enhancement. The article reports "
+         "centripetal fill-in on delayed images in a woman with no history of malignancy, and "
+         "the authors call it a cavernous haemangioma, the commonest benign liver tumour, "
+         "seen in up to 20% of autopsies."],
+        [_t("Axial contrast-enhanced CT in the portal venous phase with a well-defined "
+            "hypodense lesion in the right hepatic lobe and nodular enhancement at its rim.",
+            "Discontinuous peripheral nodular enhancement that fills in centripetally on "
+            "delayed images, as the in-text reference describes, is the typical pattern of a "
+            "cavernous haemangioma; the patient has no history of malignancy.",
+            "An incidental, well-defined liver lesion with peripheral nodular enhancement and "
+            "centripetal fill-in in a woman without cancer is a hepatic haemangioma.")], None),
+    ("d02", "spatial_location"): (
+        ["The finding is the hypodense lesion with peripheral nodular enhancement. On the "
+         "axial image it lies on the patient's right within the liver, and the sub-caption "
+         "places it in the right lobe of the liver, so it is in the right hepatic lobe."],
+        [  # three replies, each without a usable justification: rejected in code
+         "<perception>Axial portal venous phase CT with a hypodense lesion in the liver on "
+         "the patient's right.</perception>\n<interpretation>The sub-caption places the "
+         "lesion in the right lobe of the liver.</interpretation>",
+         "<perception>Axial CT with a liver lesion on the right.</perception>\n"
+         "<interpretation>The caption names the right lobe.</interpretation>\nAnswer: A",
+         _t("Axial portal venous phase CT with a hypodense lesion in the right liver.",
+            "The sub-caption places the lesion in the right lobe of the liver.", "")], None),
+    ("d03", "severity_grading"): (
+        ["The fundus photograph shows dot and blot haemorrhages in all four quadrants with "
+         "hard exudates near the macula and venous beading, and no new vessels. The in-text "
+         "reference says more than 20 haemorrhages in each quadrant with venous beading meet "
+         "the 4-2-1 rule, which defines severe non-proliferative retinopathy; proliferative "
+         "disease needs new vessels."],
+        [_t("Colour fundus photograph of the right eye with dot and blot haemorrhages in all "
+            "four quadrants, hard exudates near the macula and venous beading; no new vessels "
+            "are visible.",
+            "The 4-2-1 rule grades retinopathy as severe non-proliferative when more than 20 "
+            "intraretinal haemorrhages lie in each of four quadrants or veins are beaded in "
+            "two; the in-text reference reports both and no neovascularisation.",
+            "Haemorrhages in every quadrant with venous beading and no new vessels meet the "
+            "4-2-1 rule, so the retinopathy is severe non-proliferative diabetic "
+            "retinopathy.")], None),
+    ("d03", "findings"): (
+        ["The statement claims haemorrhages in only one quadrant. The photograph and the "
+         "sub-caption show dot and blot haemorrhages over all four quadrants of the retina, "
+         "with hard exudates and venous beading, so the statement is false."],
+        [_t("Colour fundus photograph with dot and blot haemorrhages scattered over all four "
+            "quadrants of the retina and hard exudates near the macula.",
+            "The sub-caption and the in-text reference both describe haemorrhages in each of "
+            "the four quadrants, a diffuse rather than a localised pattern.",
+            "Since haemorrhages appear in every quadrant, the claim that they are confined to "
+            "one quadrant does not hold, so the statement is false.")],
+        ["All three criteria are met.", _verdict()]),  # the first verdict is no JSON: re-asked
+    ("d04", "diagnosis"): (
+        ["The H&E section shows a granuloma with central caseous necrosis, epithelioid "
+         "histiocytes and a Langhans giant cell. The caption adds that Ziehl-Neelsen staining "
+         "revealed acid-fast bacilli, and the article confirms tuberculous lymphadenitis "
+         "treated with four drugs. Caseating granulomas with acid-fast bacilli mean "
+         "tuberculosis."],
+        [_t("H&E section of a lymph node with a caseating granuloma, epithelioid histiocytes, "
+            "a Langhans giant cell and red acid-fast bacilli in the necrotic centre.",
+            "Caseating granulomas with acid-fast organisms are the hallmark of mycobacterial "
+            "infection; the caption reports Ziehl-Neelsen staining positive for acid-fast "
+            "bacilli.",
+            "A caseating granuloma with acid-fast bacilli in a cervical node means "
+            "tuberculous lymphadenitis.")],
+        {"source_consistency": "The trace places acid-fast bacilli in this H&E panel, but the "
+                               "caption says the Ziehl-Neelsen stain is not shown."}),
+    ("d05", "findings"): (
+        ["The ultrasound shows bright echogenic foci inside the gallbladder that cast acoustic "
+         "shadows behind them, and the wall is not thickened. Mobile shadowing foci in the "
+         "lumen are gallstones; sludge does not shadow and a polyp does not move, so this is "
+         "not sludge or a polyp."],
+        [_t("Right upper quadrant ultrasound with several echogenic foci in the gallbladder "
+            "lumen that cast posterior acoustic shadows; the gallbladder wall is not "
+            "thickened.",
+            "Echogenic intraluminal foci with posterior shadowing are the sonographic sign of "
+            "calculi, and the in-text reference describes multiple mobile gallstones.",
+            "Shadowing echogenic foci within the gallbladder lumen are gallstones.")], None),
+    ("d05", "surgical_management"): (
+        ["The ultrasound shows several shadowing gallstones without wall thickening or "
+         "pericholecystic fluid. She has had recurrent biliary colic, and the article lists "
+         "her for elective laparoscopic cholecystectomy, the usual treatment of symptomatic "
+         "uncomplicated gallstones."],
+        [_t("Right upper quadrant ultrasound with multiple shadowing gallstones; the wall is "
+            "not thickened and no pericholecystic fluid is described.",
+            "Gallstones affect about one adult in ten in Western countries and most never "
+            "cause symptoms; in large cohorts a third of patients with biliary colic have "
+            "another attack within two years, and women are affected twice as often as men.",
+            "Recurrent biliary colic from uncomplicated gallstones is treated by elective "
+            "laparoscopic cholecystectomy.")],
+        {"reasoning_utility": "Most of the interpretation is general epidemiology and cohort "
+                              "results that say nothing about this image."}),
+    ("d06", "differential_diagnosis"): (
+        ["The T1-weighted MRI after contrast shows a ring-enhancing lesion in the right basal "
+         "ganglia with oedema and mild mass effect. In a man with advanced HIV and a CD4 count "
+         "of 40, the article weighs toxoplasmosis against primary CNS lymphoma, because a "
+         "solitary lesion makes toxoplasmosis less certain."],
+        [_t("Axial contrast-enhanced T1-weighted MRI with a ring-enhancing lesion in the right "
+            "basal ganglia, surrounding oedema and mild mass effect.",
+            "With advanced HIV and a CD4 count of 40 cells/uL, a ring-enhancing basal ganglia "
+            "lesion is most often toxoplasmosis, and the in-text reference notes that a "
+            "solitary lesion also raises primary CNS lymphoma.",
+            "A solitary ring-enhancing lesion in severe immunosuppression leaves cerebral "
+            "toxoplasmosis and primary CNS lymphoma as the pair to tell apart.")], None),
+    ("d06", "next_step_test"): (
+        ["The MRI shows a single ring-enhancing lesion in the right basal ganglia. The article "
+         "requested thallium-201 SPECT of the brain to tell lymphoma from toxoplasmosis, since "
+         "lymphoma takes up thallium and an infectious lesion does not."],
+        [_t("Axial contrast-enhanced T1-weighted MRI with a single ring-enhancing lesion in "
+            "the right basal ganglia and surrounding oedema.",
+            "Toxoplasmosis and primary CNS lymphoma both enhance in a ring in advanced HIV; "
+            "lymphoma is metabolically active and takes up thallium-201 while an infectious "
+            "lesion does not, and the in-text reference requested SPECT for this purpose.",
+            "The test that separates the two leading diagnoses of this lesion is thallium-201 "
+            "SPECT of the brain.")], None),
+    ("d07", "next_step_management"): (
+        ["The lateral radiograph shows a transverse distal radius fracture with dorsal "
+         "angulation and displacement of the distal fragment, a Colles-type fracture after a "
+         "fall on the outstretched hand. The article reduced it closed under a haematoma "
+         "block and applied a below-elbow cast."],
+        [_t("Lateral radiograph of the left wrist with a transverse fracture of the distal "
+            "radius; the distal fragment is angulated and displaced dorsally.",
+            "A dorsally angulated extra-articular distal radius fracture after a fall on the "
+            "outstretched hand is a Colles-type fracture, and the in-text reference reports "
+            "an acceptable position after closed reduction.",
+            "A displaced Colles-type fracture with a warm hand and intact sensation is managed "
+            "first by closed reduction under a haematoma block and a below-elbow cast.")],
+        ["All three criteria pass.",  # three verdicts, none valid: verify_unparsed
+         '```json\n{"source_consistency": "pass", "answer_justification": "pass", '
+         '"reasoning_utility": "pass"}\n```',
+         json.dumps({c: {"verdict": "ok", "reason": r} for c, r in PASS_REASONS.items()})]),
+    ("d08", "diagnosis"): (
+        ["Dermoscopy shows an asymmetric pigmented lesion with an atypical network, irregular "
+         "dots and globules and a blue-white veil. The lesion grew over six months and "
+         "histology confirmed a superficial spreading melanoma with a Breslow thickness of "
+         "0.8 mm."],
+        [_t("Dermoscopy of a pigmented lesion on the back with asymmetry of colour and "
+            "structure, an atypical pigment network, irregular dots and globules and a "
+            "blue-white veil.",
+            "An atypical network, irregular dots and globules and a blue-white veil are "
+            "dermoscopic features of melanoma; the lesion grew over six months.",
+            "These features favour melanoma over seborrhoeic keratosis, which would show "
+            "milia-like cysts and comedo-like openings instead.")], None),
+    ("d10", "counting"): (
+        ["<think>Count the circles: one in the upper zone, one in the middle",  # cut off
+         "The radiograph has circles drawn over round nodules in the left lung, from the upper "
+         "to the lower zone, and the sub-caption says three well-defined nodules are circled, "
+         "the largest about 2 cm. Counting the circles gives three."],
+        [_t("Frontal chest radiograph with circles drawn over round nodules in the left lung, "
+            "from the upper to the lower zone.",
+            "The sub-caption states that three well-defined round nodules are circled in the "
+            "left lung, the largest about 2 cm in the lower zone.",
+            "Each circle surrounds a single nodule and three circles are drawn, so three "
+            "nodules are circled.")], None),
+    ("d10", "annotation_marker"): (
+        ["The circles on the radiograph surround round opacities in the left lung. The "
+         "sub-caption calls them well-defined round nodules, and CT confirmed them as "
+         "pulmonary metastases in this boy with osteosarcoma."],
+        [_t("Frontal chest radiograph with circles drawn around three round opacities in the "
+            "left lung.",
+            "The sub-caption identifies the circled opacities as well-defined round nodules, "
+            "and the in-text reference reports that CT confirmed them as pulmonary "
+            "metastases.",
+            "The circles surround the round lung opacities that the texts call nodules, so "
+            "they mark pulmonary nodules.")], None),
+    ("d10", "diagnosis"): (
+        ["Three round nodules in the left lung of a boy with osteosarcoma are metastases, as "
+         "the staging CT in the article confirmed; osteosarcoma spreads to the lungs first."],
+        [_t("Frontal chest radiograph with three well-defined round nodules in the left lung, "
+            "the largest about 2 cm in the lower zone.",
+            "The nodules are in the lungs of a patient who is being staged for osteosarcoma.",
+            "The answer is pulmonary metastases.")],
+        {"answer_justification": "The trace states the answer without showing why round lung "
+                                 "nodules in osteosarcoma point to metastases."}),
+    ("d11", "drug_therapy"): (
+        ["Endoscopy shows a 1.5-cm clean-based ulcer on the lesser curvature of the antrum "
+         "with smooth margins. Biopsies excluded malignancy and Helicobacter pylori, so the "
+         "ulcer was put down to naproxen, which was stopped, and a proton pump inhibitor was "
+         "given for eight weeks."],
+        [_t("Upper endoscopy with a 1.5-cm clean-based ulcer on the lesser curvature of the "
+            "gastric antrum with smooth, regular margins.",
+            "A clean-based ulcer with smooth margins looks benign; the in-text reference "
+            "reports biopsies negative for malignancy and Helicobacter pylori, so the ulcer "
+            "was attributed to naproxen.",
+            "A benign NSAID-related gastric ulcer without Helicobacter pylori heals with acid "
+            "suppression once the NSAID is stopped, which makes a proton pump inhibitor for "
+            "eight weeks the appropriate treatment.")], None),
+}
+
+
+# Two auxiliary VQA rows (recipes/curate_aux_demo.yaml) that overlap the curated benchmark
+# split (d02 and d03 with the demo's seed): the OctoMed prepare stage removes the first for
+# its byte-identical image and the second for a 16-word span of a benchmark question.
+OVERLAP = [
+    {"id": "v01", "question": "Which eye is shown in this fundus photograph?",
+     "options": ["Right eye", "Left eye"], "answer": "A", "images": ["images/d03.jpg"],
+     "task": "mm_reasoning", "modality": "fundus"},
+    {"id": "v02", "question": "A 58-year-old man who has had type 2 diabetes for 15 years has "
+     "this fundus photograph taken at a screening visit. What should he be offered next?",
+     "options": ["Referral to an ophthalmologist", "Rescreening in two years"], "answer": "A",
+     "images": ["images/d01.jpg"], "task": "mm_reasoning", "modality": "fundus"},
+]
+
+
+def trace_replies() -> list[dict]:
+    """The drafter's, refiner's and verifier's replayed replies (written to Parquet)."""
+    out = []
+
+    def add(key: str, model: str, texts: list[str]) -> None:
+        for i, text in enumerate(texts):
+            out.append({"item_id": f"{SOURCE}/{key}", "sample_index": i, "model": model,
+                        "text": text, "finish_reason": "stop" if "<think>" not in text
+                        else "length", "prompt_tokens": 1200,
+                        "completion_tokens": max(1, len(text) // 4)})
+
+    for (rid, cat), (drafts, refined, verdicts) in TRACES.items():
+        add(f"{rid}/{cat}#draft", DRAFTER, drafts)
+        add(f"{rid}/{cat}#refine", REFINER, refined)
+        if isinstance(verdicts, list):
+            add(f"{rid}/{cat}#verify", VERIFIER, verdicts)
+        else:
+            add(f"{rid}/{cat}#verify", VERIFIER, [_verdict(verdicts)])
+    return out
+
+
+def write_trace_replies(path: Path) -> None:
+    """The trace replies as a compressed Parquet replay file (the replay backend reads it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = trace_replies()
+    schema = pa.schema([("item_id", pa.string()), ("sample_index", pa.int32()),
+                        ("model", pa.string()), ("text", pa.string()),
+                        ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
+                        ("completion_tokens", pa.int64())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="zstd",
+                   compression_level=19)
+
+
 def replies() -> list[dict]:
     """Every replayed reply, as lines of the replay format."""
     out = []
@@ -1052,7 +1354,11 @@ def main() -> None:
     with open(HERE / "responses.jsonl", "w", encoding="utf-8") as f:
         for r in replies():
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"{len(RECORDS)} records, {len(replies())} replies, "
+    write_trace_replies(HERE / "trace_responses.parquet")
+    with open(HERE / "aux_overlap.jsonl", "w", encoding="utf-8") as f:
+        for r in OVERLAP:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"{len(RECORDS)} records, {len(replies())} + {len(trace_replies())} replies, "
           f"{len(list(IMAGES.glob('*')))} images in {HERE}")
 
 
