@@ -6,11 +6,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.compute as pc
 from rich.table import Table
 
 from medrecipe.console import console
 from medrecipe.errors import UserError
+from medrecipe.report.scan import batches, count_columns, dataset_files, head_rows
 from medrecipe.schema import TASKS
 from medrecipe.store import Run
 
@@ -32,8 +32,7 @@ def ingest_counts(run: Run) -> tuple[dict[str, dict], list[str]]:
         rec = run.stage(f"ingest.{name}")
         tasks: Counter = Counter()
         if run.has(f"ingest/{name}"):
-            col = run.read_table(f"ingest/{name}", columns=["task"]).column("task")
-            tasks.update(col.to_pylist())
+            tasks = count_columns(dataset_files(run.path(f"ingest/{name}")), ["task"])["task"]
         seen_tasks.update(tasks)
         out[name] = {"role": info.get("role", "train"), "tasks": dict(tasks),
                      "total": sum(tasks.values()),
@@ -143,19 +142,21 @@ def inspect_run(run_dir: str | Path, samples: int = 3) -> None:
     for name in ([main] if main else tables):
         if not run.has(name):
             continue
-        t = run.read_table(name, columns=list(by))
-        for k in by:
-            by[k].update("(none)" if v is None else v for v in t.column(k).to_pylist())
+        for k, counts in count_columns(dataset_files(run.path(name)), list(by)).items():
+            by[k].update({"(none)" if v is None else v: n for v, n in counts.items()})
     label = "prepared items" if main else "ingested items"
     for k, counter in by.items():
         if counter:
             console.print(_counter_table(f"{label} by {k}", counter, k))
 
-    q = run.read_quarantine()
-    if q.num_rows:
-        pairs = Counter(zip(q.column("source").to_pylist(), q.column("stage").to_pylist(),
-                            q.column("reason").to_pylist(), strict=True))
-        qt = Table(title=f"quarantine ({q.num_rows} rows)")
+    qdir = run.root / "quarantine"
+    pairs: Counter = Counter()
+    for t in batches(sorted(qdir.glob("*.parquet")) if qdir.exists() else [],
+                     ["source", "stage", "reason"]):
+        pairs.update(zip(*(t.column(c).to_pylist() for c in ("source", "stage", "reason")),
+                         strict=True))
+    if pairs:
+        qt = Table(title=f"quarantine ({sum(pairs.values())} rows)")
         for col in ("source", "stage", "reason", "n"):
             qt.add_column(col)
         for (src, stage, reason), n in pairs.most_common():
@@ -168,13 +169,13 @@ def inspect_run(run_dir: str | Path, samples: int = 3) -> None:
 
     for name in ([main] if main else tables)[:1]:
         if name and run.has(name) and samples > 0:
-            t = run.read_table(name)
-            for row in t.slice(0, samples).to_pylist():
+            for row in head_rows(dataset_files(run.path(name)), samples,
+                                 ["id", "task", "question", "options", "answer", "images"]):
                 opts = " | ".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(row["options"]))
                 console.print(f"[cyan]{row['id']}[/cyan] [{row['task']}] {row['question'][:200]}"
                               + (f"\n    {opts[:200]}" if opts else "")
                               + f"\n    answer: {row['answer']}  images: {len(row['images'])}")
     if run.has("items"):
-        t = run.read_table("items", columns=["task"])
-        console.print(f"{t.num_rows} prepared items; "
-                      f"{pc.sum(pc.equal(t.column('task'), 'text')).as_py() or 0} text-only")
+        # `by` was counted over the prepared items above (main is "items" whenever it exists).
+        console.print(f"{run.num_rows('items')} prepared items; {by['task'].get('text', 0)} "
+                      "text-only")

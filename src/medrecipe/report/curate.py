@@ -6,9 +6,8 @@ section can be rebuilt at any point of a curation run.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,12 @@ import pyarrow.compute as pc
 
 from medrecipe.config import ReportConfig
 from medrecipe.report.plots import bar, distributions, funnel_chart, threshold_histograms
+from medrecipe.report.sample import TopK, round_robin
+from medrecipe.report.scan import TEXT_BATCH_ROWS, batches, dataset_files, fetch_rows
 from medrecipe.schema import LETTERS
 from medrecipe.store import Run
 
 MAX_PLOTTED = 200_000  # values per measure drawn in a histogram (an even subsample beyond)
-
-
-def _order(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _cut(text: str | None, limit: int) -> str | None:
@@ -37,19 +34,13 @@ def _cut(text: str | None, limit: int) -> str | None:
 def _records(run: Run, ids: set[str]) -> dict[str, dict[str, Any]]:
     from medrecipe.curate.stage import RECORDS_DIR
 
-    out: dict[str, dict[str, Any]] = {}
     folder = run.root / RECORDS_DIR
+    ids = {i for i in ids if i}
     if not ids or not folder.exists():
-        return out
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    wanted = pa.array(sorted(ids), pa.string())
-    for p in sorted(folder.glob("*.parquet")):
-        t = pq.read_table(p)
-        for row in t.filter(pc.is_in(t.column("id"), wanted)).to_pylist():
-            out[row["id"]] = row
-    return out
+        return {}
+    files = [f for p in sorted(folder.glob("*.parquet")) for f in dataset_files(p)]
+    # Records are not sharded by item id: each file is scanned, a batch at a time.
+    return fetch_rows(files, "id", {i: i for i in ids})
 
 
 def _visual_panels(run: Run) -> tuple[list[tuple[str, list[float], float | None, bool]],
@@ -61,11 +52,18 @@ def _visual_panels(run: Run) -> tuple[list[tuple[str, list[float], float | None,
         return [], {}
     rec = run.stage("curate.visual")
     thresholds = (rec.extra.get("thresholds") if rec else None) or {}
-    t = run.read_table(MEASURES, columns=[c.measure for c in CHECKS])
-    step = max(1, t.num_rows // MAX_PLOTTED)
+    step = max(1, run.num_rows(MEASURES) // MAX_PLOTTED)
+    names = [c.measure for c in CHECKS]
+    kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    start = 0  # global row number of the batch's first row: every step-th row is drawn
+    for t in batches(dataset_files(run.path(MEASURES)), {n: pa.float64() for n in names}):
+        first = (-start) % step
+        for n in names:
+            kept[n].append(t.column(n).to_numpy()[first::step])
+        start += t.num_rows
     panels = []
     for c in CHECKS:
-        values = t.column(c.measure).to_numpy(zero_copy_only=False)[::step]
+        values = np.concatenate(kept[c.measure]) if kept[c.measure] else np.array([])
         panels.append((c.measure, [float(v) for v in values], thresholds.get(c.threshold),
                        c.minimum))
     return panels, {c.threshold: thresholds.get(c.threshold) for c in CHECKS}
@@ -95,24 +93,21 @@ def _card(record: dict[str, Any] | None, resolve, cfg: ReportConfig, **extra: An
             **extra}
 
 
-def _round_robin(groups: dict[str, list[Any]], n: int) -> list[Any]:
-    out: list[Any] = []
-    queues = {k: list(v) for k, v in sorted(groups.items())}
-    while len(out) < n and any(queues.values()):
-        for k in queues:
-            if queues[k] and len(out) < n:
-                out.append(queues[k].pop(0))
-    return out
-
-
 def _kept_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
     if not run.has("items") or cfg.examples <= 0:
         return []
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in sorted(run.read_table("items").to_pylist(), key=lambda r: _order(r["id"])):
+    files = dataset_files(run.path("items"))
+    sample = TopK(cfg.examples)
+    for t in batches(files, {"id": pa.string(), "meta": pa.string()}):
+        ids = t.column("id").to_pylist()
+        meta = t.column("meta").to_pylist()
+        family = [json.loads(m or "{}").get("family", "") for m in meta]
+        sample.offer(family, ids, lambda i, ids=ids: ids[i])
+    chosen = round_robin(sample.groups(), cfg.examples)
+    rows = fetch_rows(files, "id", {i: i for i in chosen})
+    picked = [rows[i] for i in chosen if i in rows]
+    for row in picked:
         row["meta"] = json.loads(row["meta"] or "{}")
-        groups[row["meta"].get("family", "")].append(row)
-    picked = _round_robin(groups, cfg.examples)
     records = _records(run, {r["meta"].get("record_id") for r in picked})
     out = []
     for row in picked:
@@ -128,17 +123,24 @@ def _kept_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
 
 
 def _dropped_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
-    q = run.read_quarantine()
-    if not q.num_rows or cfg.examples <= 0:
+    qdir = run.root / "quarantine"
+    if cfg.examples <= 0 or not qdir.exists():
         return []
-    q = q.filter(pc.starts_with(q.column("stage"), "curate."))
+    sample = TopK(2 * cfg.examples)
     # Dropped traces have their own side-by-side cards (draft, refined, verdicts).
-    q = q.filter(pc.invert(pc.is_in(q.column("stage"), pa.array(
-        ["curate.draft", "curate.refine", "curate.verify"]))))
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in sorted(q.to_pylist(), key=lambda r: _order(f"{r['stage']}{r['item_id']}")):
-        groups[f"{row['stage']}: {row['reason']}"].append(row)
-    picked = _round_robin(groups, 2 * cfg.examples)
+    trace_stages = pa.array(["curate.draft", "curate.refine", "curate.verify"])
+    # Whole rows (raw replies included), so batches of the text size.
+    for t in batches(sorted(qdir.glob("*.parquet")), None, TEXT_BATCH_ROWS):
+        stage = t.column("stage")
+        t = t.filter(pc.and_(pc.fill_null(pc.starts_with(stage, "curate."), False),
+                             pc.invert(pc.is_in(stage, value_set=trace_stages))))
+        if not t.num_rows:
+            continue
+        stage, item, reason = (t.column(c).to_pylist() for c in ("stage", "item_id", "reason"))
+        sample.offer([f"{s}: {r}" for s, r in zip(stage, reason, strict=True)],
+                     [f"{s}{i}" for s, i in zip(stage, item, strict=True)],
+                     lambda i, t=t: t.slice(i, 1).to_pylist()[0])
+    picked = round_robin(sample.groups(), 2 * cfg.examples)
     records = _records(run, {(r["item_id"] or "").split("#")[0] for r in picked})
     out = []
     for row in picked:
@@ -192,8 +194,21 @@ def curate_report(run: Run, resolve, cfg: ReportConfig, out_dir: Path) -> dict[s
 # --------------------------------------------------------------------------- part 2: traces
 
 
+LIGHT = {"item_id": pa.string(), "kept": pa.bool_(), "status": pa.string(),
+         "failed": pa.list_(pa.string())}  # what a trace's outcome is decided from
+
+
 def _by_item(run: Run, table: str) -> dict[str, dict[str, Any]]:
-    return {r["item_id"]: r for r in run.read_table(table).to_pylist()} if run.has(table) else {}
+    """{item id: its outcome columns} of a trace table (the texts are fetched per card)."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in batches(dataset_files(run.path(table)), LIGHT):
+        for row in t.to_pylist():
+            out[row["item_id"]] = row
+    return out
+
+
+def _full_rows(run: Run, table: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    return fetch_rows(dataset_files(run.path(table)), "item_id", {i: i for i in ids})
 
 
 def _outcome(item_id: str, refined: dict, verified: dict, traced: set[str]) -> str:
@@ -222,13 +237,15 @@ def _trace_cards(run: Run, resolve, cfg: ReportConfig) -> list[dict[str, Any]]:
     if not drafts or cfg.examples <= 0 or not run.has("items"):
         return []
     refined, verified = _by_item(run, REFINED), _by_item(run, VERIFIED)
-    traced = set(run.read_table(TRACED, columns=["id"]).column(0).to_pylist()) \
-        if run.has(TRACED) else set()
-    groups: dict[str, list[str]] = defaultdict(list)
-    for item_id in sorted((i for i, d in drafts.items() if d["kept"]), key=_order):
-        groups[_outcome(item_id, refined, verified, traced)].append(item_id)
-    picked = _round_robin(groups, 2 * cfg.examples)
-    items = {r["id"]: r for r in run.read_table("items").to_pylist() if r["id"] in set(picked)}
+    traced = {i for t in batches(dataset_files(run.path(TRACED)), {"id": pa.string()})
+              for i in t.column("id").to_pylist()}
+    sample = TopK(2 * cfg.examples)
+    ids = [i for i, d in drafts.items() if d["kept"]]
+    sample.offer([_outcome(i, refined, verified, traced) for i in ids], ids, ids.__getitem__)
+    picked = round_robin(sample.groups(), 2 * cfg.examples)
+    items = fetch_rows(dataset_files(run.path("items")), "id", {i: i for i in picked})
+    drafts, refined, verified = (_full_rows(run, name, picked)
+                                 for name in (DRAFTS, REFINED, VERIFIED))
     limit = min(cfg.max_text_chars, 2000)
     out = []
     for item_id in picked:
@@ -281,8 +298,9 @@ def trace_report(run: Run, resolve, cfg: ReportConfig, out_dir: Path) -> dict[st
                                   "Verified traces failing each criterion", "traces")
     if run.has(TRACED):
         words: dict[str, list[float]] = {k: [] for k in SECTIONS}
-        for row in run.read_table(TRACED, columns=["meta"]).to_pylist():
-            n = (json.loads(row["meta"] or "{}").get("trace") or {}).get("words") or {}
+        for meta in (m for t in batches(dataset_files(run.path(TRACED)), {"meta": pa.string()})
+                     for m in t.column("meta").to_pylist()):
+            n = (json.loads(meta or "{}").get("trace") or {}).get("words") or {}
             for k in SECTIONS:
                 if k in n:
                     words[k].append(float(n[k]))

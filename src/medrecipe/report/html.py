@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,13 +15,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 import medrecipe
 from medrecipe.config import ReportConfig
 from medrecipe.report.plots import make_plots
-from medrecipe.report.stats import (
-    RunTables,
-    compute_stats,
-    generation_texts,
-    load_run_tables,
-    verdict_frame,
-)
+from medrecipe.report.sample import round_robin
+from medrecipe.report.scan import fetch_rows
+from medrecipe.report.stats import RunScan, scan_run
 from medrecipe.schema import LETTERS
 from medrecipe.store import Run
 
@@ -87,20 +81,6 @@ def _cut(text: str | None, limit: int) -> str:
     return text[:limit] + f"\n… [{len(text) - limit} more characters not shown]"
 
 
-def _order(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def _round_robin(groups: dict[str, list[Any]], n: int) -> list[Any]:
-    out: list[Any] = []
-    queues = {k: list(v) for k, v in sorted(groups.items())}
-    while len(out) < n and any(queues.values()):
-        for k in list(queues):
-            if queues[k] and len(out) < n:
-                out.append(queues[k].pop(0))
-    return out
-
-
 def _item_view(item: dict[str, Any] | None, resolve: ImageResolver | None,
                cfg: ReportConfig) -> dict[str, Any]:
     if not item:
@@ -117,17 +97,18 @@ def _item_view(item: dict[str, Any] | None, resolve: ImageResolver | None,
     }
 
 
-def accepted_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportConfig
+ITEM_VIEW_COLUMNS = ["id", "question", "options", "answer", "images"]
+
+
+def accepted_examples(scan: RunScan, resolve: ImageResolver | None, cfg: ReportConfig
                       ) -> list[dict[str, Any]]:
-    """Selected traces, spread over sources, in a stable order."""
-    sel = t.selected
-    if sel is None or cfg.examples <= 0:
-        return []
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in sorted(sel.to_pylist(), key=lambda r: _order(r["id"])):
-        groups[row["source"]].append(row)
+    """Selected traces, spread over sources, in a stable order (only these rows are read)."""
+    picked = round_robin(scan.accepted, cfg.examples) if cfg.examples > 0 else []
+    wanted = {p["id"]: p["item_id"] for p in picked}
+    rows = {**fetch_rows(scan.files.train, "id", wanted), **fetch_rows(scan.files.val, "id", wanted)}
     out = []
-    for row in _round_robin(groups, cfg.examples):
+    for p in picked:
+        row = rows.get(p["id"], p)
         view = _item_view(row, resolve, cfg)
         view.update(kind="accepted", source=row["source"], item_id=row["item_id"],
                     teacher=row.get("teacher"), method=row.get("method"),
@@ -137,33 +118,16 @@ def accepted_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportCo
     return out
 
 
-def rejected_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportConfig
+def rejected_examples(scan: RunScan, resolve: ImageResolver | None, cfg: ReportConfig
                       ) -> list[dict[str, Any]]:
-    """Wrong, unparsed, unterminated and failed traces, a few of each kind."""
-    vrows = verdict_frame(t)
-    if not vrows or cfg.examples <= 0:
-        return []
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in sorted(vrows, key=lambda r: _order(r["key"])):
-        if r.get("correct") is True and r.get("terminated") is not False:
-            continue
-        reason = ("failed request" if r["failed"] else
-                  "unterminated" if r.get("terminated") is False else
-                  "unparsed" if r["unparsed"] else
-                  "wrong answer" if r.get("correct") is False else "not gradable")
-        r["reason"] = reason
-        groups[reason].append(r)
-    picked = _round_robin(groups, cfg.examples)
+    """Wrong, unparsed, unterminated and failed traces, a few of each kind (texts read by key)."""
+    picked = round_robin(scan.rejected, cfg.examples) if cfg.examples > 0 else []
     if not picked:
         return []
-    keys = {r["key"] for r in picked}
-    gens = generation_texts(t, keys)
-    items: dict[str, dict[str, Any]] = {}
-    if t.items is not None:
-        wanted = {r["item_id"] for r in picked}
-        for row in t.items.to_pylist():
-            if row["id"] in wanted:
-                items[row["id"]] = row
+    gens = fetch_rows(scan.files.generations, "key", {r["key"]: r["item_id"] for r in picked},
+                      ["text", "error"])
+    items = fetch_rows(scan.files.items, "id", {r["item_id"]: r["item_id"] for r in picked},
+                       ITEM_VIEW_COLUMNS)
     out = []
     for r in picked:
         g = gens.get(r["key"], {})
@@ -176,7 +140,7 @@ def rejected_examples(t: RunTables, resolve: ImageResolver | None, cfg: ReportCo
     return out
 
 
-def render_report(t: RunTables, stats: dict[str, Any], plots: dict[str, Path],
+def render_report(root: Path, stats: dict[str, Any], plots: dict[str, Path],
                   accepted: list[dict[str, Any]], rejected: list[dict[str, Any]],
                   curate: dict[str, Any] | None = None) -> str:
     """The HTML page as a string."""
@@ -184,7 +148,7 @@ def render_report(t: RunTables, stats: dict[str, Any], plots: dict[str, Path],
     if curate is not None:
         curate = {**curate, "plots": {k: data_uri_png(p) for k, p in curate["plots"].items()}}
     return template.render(
-        title=f"medrecipe report: {stats.get('recipe_name') or t.root.name}",
+        title=f"medrecipe report: {stats.get('recipe_name') or root.name}",
         generated_at=time.strftime("%Y-%m-%d %H:%M:%S"),
         version=medrecipe.__version__,
         s=stats,
@@ -206,14 +170,13 @@ def write_report(run: Run | str | Path, out_dir: str | Path | None = None,
         run = Run(run, create=False)
     out = Path(out_dir) if out_dir is not None else run.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    tables = load_run_tables(run)
-    stats = compute_stats(tables)
+    scan = scan_run(run, examples=config.examples)
     resolve = image_resolver if image_resolver is not None else default_resolver(run)
-    plots = make_plots(tables, stats, out)
+    plots = make_plots(scan, out)
     from medrecipe.report.curate import curate_report
 
-    html = render_report(tables, stats, plots, accepted_examples(tables, resolve, config),
-                         rejected_examples(tables, resolve, config),
+    html = render_report(run.root, scan.stats, plots, accepted_examples(scan, resolve, config),
+                         rejected_examples(scan, resolve, config),
                          curate=curate_report(run, resolve, config, out))
     path = out / "report.html"
     atomic_write_text(path, html)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib import cbook
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from medrecipe.report.stats import RunTables, _col, item_source_map
+from medrecipe.report.stats import RunScan
 
 _MPL = tuple(int(x) for x in re.findall(r"\d+", matplotlib.__version__)[:2])
 COLORS = ["#3b6ea5", "#d1495b", "#66a182", "#edae49", "#8d6cab", "#00798c", "#a0a0a0"]
 MAX_BARS = 30  # categories beyond this are folded into "(other)"
+MAX_FLIERS = 2_000  # outlier points drawn per box (evenly over their sorted values beyond)
 
 
 def _figure(width: float = 7.0, height: float = 3.6) -> Figure:
@@ -87,10 +91,22 @@ def grouped_rates(groups: dict[str, dict[str, float | None]], series: list[str],
     return _save(fig, path)
 
 
-def distributions(values: dict[str, list[float]], path: Path, title: str,
+def _thin(values: np.ndarray, n: int = MAX_FLIERS) -> np.ndarray:
+    """At most n of the values, evenly spaced over their sorted order (extremes kept)."""
+    if len(values) <= n:
+        return values
+    ordered = np.sort(values)
+    return ordered[np.linspace(0, len(ordered) - 1, n).round().astype(np.int64)]
+
+
+def distributions(values: dict[str, Sequence[float] | np.ndarray], path: Path, title: str,
                   xlabel: str) -> Path | None:
-    """Box plots of one numeric distribution per group."""
-    values = {k: v for k, v in values.items() if v}
+    """Box plots of one numeric distribution per group.
+
+    Boxes and whiskers come from every value; a box with more than MAX_FLIERS outliers
+    draws an even subset of them, so the picture costs the same at any run size.
+    """
+    values = {k: v for k, v in values.items() if len(v)}
     if not values:
         return None
     labels = sorted(values)[:MAX_BARS]
@@ -98,8 +114,10 @@ def distributions(values: dict[str, list[float]], path: Path, title: str,
     ax = fig.add_subplot()
     # matplotlib >= 3.10 names the direction `orientation`; older versions take `vert`.
     direction = ({"orientation": "horizontal"} if _MPL >= (3, 10) else {"vert": False})
-    ax.boxplot([values[k] for k in labels], showfliers=True, flierprops={"markersize": 2},
-               **direction)
+    boxes = cbook.boxplot_stats([np.asarray(values[k]) for k in labels])
+    for box in boxes:
+        box["fliers"] = _thin(box["fliers"])
+    ax.bxp(boxes, showfliers=True, flierprops={"markersize": 2}, **direction)
     ax.set_yticks(range(1, len(labels) + 1), labels)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
@@ -121,8 +139,9 @@ def histogram(counts: dict[int, int], path: Path, title: str, xlabel: str) -> Pa
     return _save(fig, path)
 
 
-def make_plots(t: RunTables, stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def make_plots(scan: RunScan, out_dir: Path) -> dict[str, Path]:
     """Write every plot the available tables allow; returns {name: png path}."""
+    stats = scan.stats
     out: dict[str, Path | None] = {}
     items = stats.get("items")
     if items:
@@ -144,21 +163,11 @@ def make_plots(t: RunTables, stats: dict[str, Any], out_dir: Path) -> dict[str, 
             {int(k): v for k, v in sel["traces_per_question"].items()},
             out_dir / "traces_per_question.png", "Accepted traces per question",
             "accepted traces")
-        sel_table = t.selected
-        chars: dict[str, list[float]] = defaultdict(list)
-        for s, target in zip(_col(sel_table, "source"), _col(sel_table, "target", ""), strict=True):
-            chars[s].append(len(target or ""))
-        out["trace_length"] = distributions(chars, out_dir / "trace_length.png",
+        out["trace_length"] = distributions(scan.target_chars, out_dir / "trace_length.png",
                                             "Accepted trace length per source", "characters")
-    if t.generations is not None:
-        src_of = item_source_map(t)
-        tokens: dict[str, list[float]] = defaultdict(list)
-        for item_id, s, n, e in zip(_col(t.generations, "item_id"), _col(t.generations, "source"),
-                                    _col(t.generations, "completion_tokens"),
-                                    _col(t.generations, "error"), strict=True):
-            if not e and n is not None:
-                tokens[src_of.get(item_id) or s or ""].append(n)
-        out["response_tokens"] = distributions(tokens, out_dir / "response_tokens.png",
+    if stats.get("generations") is not None:
+        out["response_tokens"] = distributions(scan.token_lengths,
+                                               out_dir / "response_tokens.png",
                                                "Response tokens per source", "completion tokens")
     ver = stats.get("verdicts")
     if ver:
