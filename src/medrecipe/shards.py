@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ShardWriter", "iter_batches", "num_rows", "shard_file", "shard_of", "shard_paths",
+__all__ = ["ShardWriter", "dataset_files", "iter_batches", "num_rows", "shard_file", "shard_of", "shard_paths",
            "shards_of", "split_by_shard", "write_shard"]
 
 SHARD_PATTERN = "shard-{i:05d}-of-{n:05d}.parquet"
@@ -147,7 +147,8 @@ class ShardWriter:
             self._tmp[i].unlink(missing_ok=True)
 
 
-def _files(path: Path) -> list[Path]:
+def dataset_files(path: Path) -> list[Path]:
+    """The Parquet files of an output: the file itself, or a folder's shards in order."""
     if path.is_dir():
         return sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
     return [path] if path.exists() else []
@@ -155,13 +156,13 @@ def _files(path: Path) -> list[Path]:
 
 def num_rows(path: Path) -> int:
     """Rows of a Parquet file or of a sharded output folder (from the footers)."""
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in _files(path))
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in dataset_files(path))
 
 
 def iter_batches(path: Path, batch_size: int = 8192,
                  columns: list[str] | None = None) -> Iterator[pa.Table]:
     """Batches of a Parquet file or of every shard of a folder, in shard order."""
-    for p in _files(path):
+    for p in dataset_files(path):
         pf = pq.ParquetFile(p)
         cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
         for batch in pf.iter_batches(batch_size=batch_size, columns=cols):

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medrecipe.select import SELECTED_TRAIN, SELECTED_VAL
-from medrecipe.shards import shard_of
+from medrecipe.shards import dataset_files, shard_of
 from medrecipe.store import Run
 
 BATCH_ROWS = 32_768  # rows per batch of light columns
@@ -31,13 +31,6 @@ TEXT_BATCH_ROWS = 4_096  # rows per batch when texts are read (~1,500 characters
 _SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)\.parquet$")
 
 TABLES = ("items", "generations", "verdicts", "train", "val")
-
-
-def dataset_files(path: Path) -> list[Path]:
-    """The Parquet files of an output: the file itself, or a folder's shards in order."""
-    if path.is_dir():
-        return sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
-    return [path] if path.exists() else []
 
 
 def shard_layout(files: Iterable[Path]) -> dict[int, Path] | None:
