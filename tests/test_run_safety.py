@@ -198,6 +198,9 @@ def test_ctrl_c_during_export_keeps_the_previous_export_and_exits_130(tmp_path):
         # The user presses Ctrl-C while the TRL dataset is being written.
         script = textwrap.dedent(f"""
             import os, signal, sys, time
+            # As on a terminal, whatever the test runner did with SIGINT (a background job
+            # starts with it ignored, and Python then never raises KeyboardInterrupt).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             import medrecipe.export as e
             real = e.export_trl
             def slow(*a, **k):
