@@ -24,7 +24,7 @@ from typing import Any
 
 from medrecipe.errors import UserError
 
-__all__ = ["LockHeld", "PathLock", "lock_path"]
+__all__ = ["LockHeld", "PathLock"]
 
 
 class LockHeld(UserError):
@@ -106,9 +106,3 @@ class PathLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def lock_path(target: str | Path) -> Path:
-    """The lock file of a directory (`<dir>/.lock`) or a file (`<file>.lock`)."""
-    p = Path(target)
-    return p / ".lock" if p.is_dir() or not p.suffix else p.with_name(p.name + ".lock")

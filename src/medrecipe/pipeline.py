@@ -329,7 +329,8 @@ def _teachers_hash(ctx: Context) -> str:
 
 def generate(ctx: Context, upstream: str) -> str:
     """Teacher generations for every item (cached, resumable) -> generations shards."""
-    from medrecipe.sharded import Budget, GeneratePayload, generate_shard
+    from medrecipe.generate.budget import Budget
+    from medrecipe.sharded import GeneratePayload, generate_shard
 
     r = ctx.recipe
     ex = ctx.executor

@@ -26,35 +26,12 @@ from medrecipe.config import (
     TeacherConfig,
 )
 from medrecipe.executors import ShardJob, ShardOutcome
+from medrecipe.generate.budget import Budget
 from medrecipe.schema import GENERATION_SCHEMA, ITEM_SCHEMA, VERDICT_SCHEMA, Generation, to_table
 from medrecipe.shards import iter_batches, shard_file, write_shard
 
-__all__ = ["Budget", "ModelAccess", "annotate_shard", "generate_shard", "grade_shard",
+__all__ = ["ModelAccess", "annotate_shard", "generate_shard", "grade_shard",
            "mix_shard", "select_shard"]
-
-
-class Budget:
-    """A spending cap shared by the shards of one stage.
-
-    In one process (the local executor) the same object is handed to every shard in turn,
-    so each shard may spend what the earlier ones left. Shards that run in parallel each
-    get a pickled copy and an equal share of the cap (`share`), which keeps the total under
-    the cap without a shared counter.
-    """
-
-    def __init__(self, total: float | None, parallel_shards: int = 0):
-        self.total = total
-        self.left = total
-        self.share = total / parallel_shards if total is not None and parallel_shards else None
-
-    def for_shard(self) -> float | None:
-        if self.total is None:
-            return None
-        return self.share if self.share is not None else max(0.0, self.left or 0.0)
-
-    def spent(self, usd: float) -> None:
-        if self.left is not None:
-            self.left -= usd
 
 
 @dataclass
@@ -128,7 +105,7 @@ def generate_shard(job: ShardJob) -> ShardOutcome:
 
         result, _ = generate_items(items, p.models.teachers, p.config, cache, _images(p.models),
                                    write, progress=p.models.progress, backends=p.models.backends,
-                                   budget_usd=p.budget.for_shard(),
+                                   budget_usd=p.budget.remaining(),
                                    description=_label(job, "generate"))
     except BaseException:
         sink.abort()

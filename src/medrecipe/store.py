@@ -233,31 +233,6 @@ class Run:
 
         yield from iter_batches(self.path(name), batch_size, columns)
 
-    def shard_path(self, name: str, shard: int, n_shards: int) -> Path:
-        """Path of shard `shard` of `n_shards` of a sharded output."""
-        from medrecipe.shards import shard_file
-
-        return self.path(name) / shard_file(shard, n_shards)
-
-    def read_shard(self, name: str, shard: int, n_shards: int, schema: pa.Schema | None = None,
-                   columns: list[str] | None = None) -> pa.Table:
-        """One shard of an output; an output written as one file counts as shard 0 of 1
-        and is filtered to the shard's rows otherwise. Missing: an empty table of `schema`."""
-        p = self.path(name)
-        if p.is_dir():
-            sp = self.shard_path(name, shard, n_shards)
-            if sp.exists():
-                return pq.read_table(sp, columns=columns)
-        elif p.exists():
-            from medrecipe.shards import split_by_shard
-
-            table = pq.read_table(p, columns=columns)
-            key = "item_id" if "item_id" in table.column_names else "id"
-            return split_by_shard(table, n_shards, key).get(shard, table.slice(0, 0))
-        if schema is None:
-            raise FileNotFoundError(f"{p}: no shard {shard} of {n_shards}")
-        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
-
     def num_rows(self, name: str) -> int:
         """Rows of an output (a Parquet file or a folder of shards), from the footers."""
         from medrecipe.shards import num_rows

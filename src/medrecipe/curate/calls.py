@@ -22,6 +22,7 @@ from medrecipe.config import SamplingConfig, TeacherConfig
 from medrecipe.console import progress_enabled
 from medrecipe.curate import ParseError
 from medrecipe.generate import Engine, GenRequest
+from medrecipe.generate.budget import Budget
 from medrecipe.images import ImageStore
 from medrecipe.prompts import PromptTemplate
 from medrecipe.schema import Generation
@@ -46,17 +47,6 @@ class Reply:
     error: str | None = None  # parse message or request error
     attempts: int = 0  # replies received (parsed or not)
     generations: list[Generation] = field(default_factory=list)  # every sample used
-
-
-@dataclass
-class Budget:
-    """A spend cap shared by every model step of one invocation (None: no cap)."""
-
-    limit_usd: float | None = None
-    spent_usd: float = 0.0
-
-    def remaining(self) -> float | None:
-        return None if self.limit_usd is None else max(0.0, self.limit_usd - self.spent_usd)
 
 
 @dataclass
@@ -101,7 +91,7 @@ class Caller:
                         if self.backends and teacher in self.backends else None,
                         description=description)
         res = engine.run(reqs)
-        self.budget.spent_usd += res.spend_usd
+        self.budget.spent(res.spend_usd)
         result.spend_usd += res.spend_usd
         result.requests_sent += res.requests_sent
         result.cached += res.cached
