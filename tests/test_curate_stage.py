@@ -199,7 +199,7 @@ def test_failed_requests_wait_and_the_next_run_resumes(tmp_path):
 
 def test_the_budget_stops_new_requests_and_the_funnel_shows_them_waiting(tmp_path):
     with ChatServer(responder=responder) as srv:
-        recipe, data = _recipe(tmp_path, srv.base_url, budget_usd=0.0)
+        recipe, data = _recipe(tmp_path, srv.base_url, budget_usd=1e-9)  # below the price of any request
         data["teachers"]["m"]["price"] = {"input_per_mtok": 100.0, "output_per_mtok": 100.0}
         recipe = curate_recipe_from_data(data)
         ctx, outcome = _run(recipe, data)

@@ -385,7 +385,8 @@ class Recipe(_Model):
     # takes several GB); raise it for whole-slide or very large scans.
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     # Shards of every per-question output (items, generations, verdicts, selected traces);
-    # null: about one per 25,000 questions, chosen at the first prepare and then kept.
+    # null: about 50,000 sampled responses (n x questions) per shard, chosen at the first
+    # prepare and then kept for the run.
     shards: int | None = Field(default=None, ge=1, le=65_536)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     batch_size: int = Field(default=4096, ge=1)

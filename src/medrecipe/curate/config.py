@@ -325,7 +325,7 @@ class CurateRecipe(_Model):
     batch_size: int = Field(default=4096, ge=1)
     sources: list[FigureSourceSpec] = Field(min_length=1)
     teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
-    budget_usd: float | None = Field(default=None, ge=0)  # total spend cap of one invocation
+    budget_usd: float | None = Field(default=None, gt=0)  # total spend cap of one invocation
     cache_dir: str | None = None  # default: <run>/cache
     visual: VisualConfig = Field(default_factory=VisualConfig)
     context: ContextConfig = Field(default_factory=ContextConfig)

@@ -334,7 +334,6 @@ class _Run:
         self._calls_in_flight = 0
         self._budget_cond = asyncio.Condition()
         self._cache_failed = False
-        self.unsaved = 0  # responses received after the cache became unwritable
         self._owned: list[Backend] = []
         self._cache_buf: list[tuple[str, dict[str, Any]]] = []
         self._flush_handle: asyncio.Handle | None = None  # the commit at the end of this pass
@@ -834,14 +833,11 @@ class _Run:
             return
         batch, self._cache_buf = self._cache_buf, []
         if self._cache_failed:
-            # Said once already; the answers of calls still in flight go to the output only.
-            self.unsaved += len(batch)
-            return
+            return  # said once already; answers of calls still in flight are not stored
         try:
             self.cache.put_many(batch)  # one transaction: all of the batch or none of it
         except Exception as e:  # noqa: BLE001 - disk full, read-only folder, ...
             self._cache_failed = True  # said once, by the error this run ends with
-            self.unsaved += len(batch)
             self.stop_reason = "cache"
             self._wake_all()
             self.fatal = UserError(
