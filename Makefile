@@ -17,7 +17,7 @@ install-core: $(BIN)/python
 # torch is installed alone first so that pip takes the local CPU wheel instead of a CUDA build.
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,train,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,train,serve,ray]'
 
 demo: install-core
 	$(BIN)/medrecipe demo

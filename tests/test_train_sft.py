@@ -168,6 +168,10 @@ def test_full_sft_steps_save_a_reloadable_checkpoint(tiny_vlm, export, tmp_path)
 
     model, processor = load_model_and_processor(final, device="cpu")
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    # the checkpoint is a hub-layout folder that stock loaders open (see test_serve.py)
+    proc_cfg = json.loads((final / "processor_config.json").read_text())
+    assert proc_cfg["processor_class"] == "Qwen2_5_VLProcessor" and "video_processor" in proc_cfg
+    assert (final / "preprocessor_config.json").is_file()
     record = json.loads((tmp_path / "sft" / "dataset.json").read_text())
     assert record["dataset_path"] == str(export.resolve()) and record["num_rows"] == 4
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -1,5 +1,5 @@
 """medrecipe command line: run, demo, curate, ingest, validate, inspect, eval, review, train,
-report, sources."""
+serve, report, sources."""
 
 from __future__ import annotations
 
@@ -294,6 +294,24 @@ def review(
         pass
     finally:
         server.server_close()
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model folder (saved by medrecipe or a hub "
+                                              "checkpoint) or a hub id in the local cache.")],
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8000,
+) -> None:
+    """Serve a model with `transformers serve` (OpenAI-compatible /v1/chat/completions).
+
+    Works without torchvision (images and text). Other options go to `transformers serve`
+    unchanged, e.g. `medrecipe serve runs/sft/final --device cuda:0 --dtype bfloat16`.
+    """
+    from medrecipe.serve import serve as serve_model
+
+    serve_model(model, host=host, port=port, extra=list(ctx.args))
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train a student VLM on an export (TRL SFT / "

@@ -2,9 +2,17 @@
 
 Qwen2-VL / Qwen2.5-VL / Qwen3-VL processors in transformers 5.x insist on a video
 processor, and the video processor needs torchvision, which this project cannot rely on.
-The ``Offline*`` subclasses below drop the video processor (images and text only) and
-are registered with ``AutoProcessor`` so that code which loads a processor by name (TRL)
-finds them for checkpoints saved by medrecipe.
+Two things follow:
+
+- The ``Offline*`` subclasses below drop the video processor (images and text only) and
+  are registered with ``AutoProcessor``. When they save a folder they write it in the layout
+  of a hub checkpoint (stock ``processor_class``, a video processor entry, the legacy
+  ``preprocessor_config.json``), so stock transformers, vLLM and LLaMA-Factory load it as
+  they load ``Qwen/Qwen2.5-VL-*`` on a machine that has torchvision.
+- On a machine without torchvision, importing this module (or calling
+  :func:`allow_missing_video_processor`) makes stock ``AutoProcessor`` load such a folder
+  with ``video_processor=None``: images and text work, videos are refused. ``medrecipe
+  serve`` runs ``transformers serve`` with this hook installed.
 """
 
 from __future__ import annotations
@@ -30,24 +38,106 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
     ) from exc
 
 
-class OfflineQwen2VLProcessor(Qwen2VLProcessor):
+# model_type -> (stock processor class name, video processor class name)
+_STOCK_NAMES: dict[str, tuple[str, str]] = {
+    "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLVideoProcessor"),
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+}
+
+
+class _HubLayout:
+    """Mixin: ``save_pretrained`` writes a folder that stock loaders open like a hub model."""
+
+    _model_type: str = ""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        write_hub_layout(save_directory, self, self._model_type)
+        return result
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_hub_layout(folder: str | Path, processor: Any, model_type: str) -> None:
+    """Rewrite a saved processor folder so it loads as a hub Qwen-VL checkpoint does.
+
+    - ``processor_config.json`` names the stock processor class and holds a
+      ``video_processor`` entry (transformers 5 reads its sub-processors from there);
+    - ``preprocessor_config.json`` and ``video_preprocessor_config.json`` hold the image
+      and video settings for loaders that read the per-processor files (transformers 4.x,
+      as pinned by LLaMA-Factory and older vLLM releases);
+    - ``tokenizer_config.json`` names the stock processor class too.
+
+    The video settings are the image processor's (patch, merge and temporal sizes, mean and
+    std); other video options keep their library defaults.
+    """
+    folder = Path(folder)
+    stock, video_type = _STOCK_NAMES[model_type]
+    image = processor.image_processor.to_dict()
+    image.pop("processor_class", None)
+    image["image_processor_type"] = image.get("image_processor_type") or "Qwen2VLImageProcessor"
+    size = image.get("size") or {}
+    # transformers 4.x Qwen2-VL image processors read min_pixels / max_pixels.
+    if "shortest_edge" in size:
+        image.setdefault("min_pixels", size["shortest_edge"])
+    if "longest_edge" in size:
+        image.setdefault("max_pixels", size["longest_edge"])
+    video = {
+        key: image[key]
+        for key in (
+            "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std",
+            "do_convert_rgb", "do_normalize", "do_rescale", "rescale_factor",
+        )
+        if key in image
+    }
+    video["video_processor_type"] = video_type
+
+    proc_file = folder / "processor_config.json"
+    proc = _read_json(proc_file)
+    proc["processor_class"] = stock
+    proc.setdefault("image_processor", dict(image))
+    proc.setdefault("video_processor", dict(video))
+    _write_json(proc_file, proc)
+    _write_json(folder / "preprocessor_config.json", {**image, "processor_class": stock})
+    _write_json(folder / "video_preprocessor_config.json", {**video, "processor_class": stock})
+    tok_file = folder / "tokenizer_config.json"
+    if tok_file.is_file():
+        tok = _read_json(tok_file)
+        tok["processor_class"] = stock
+        _write_json(tok_file, tok)
+
+
+class OfflineQwen2VLProcessor(_HubLayout, Qwen2VLProcessor):
     """Qwen2-VL processor without the torchvision-backed video processor."""
 
+    _model_type = "qwen2_vl"
+
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         kwargs.pop("video_processor", None)
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
-class OfflineQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+class OfflineQwen2_5_VLProcessor(_HubLayout, Qwen2_5_VLProcessor):
     """Qwen2.5-VL processor without the torchvision-backed video processor."""
 
+    _model_type = "qwen2_5_vl"
+
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         kwargs.pop("video_processor", None)
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
-class OfflineQwen3VLProcessor(Qwen3VLProcessor):
+class OfflineQwen3VLProcessor(_HubLayout, Qwen3VLProcessor):
     """Qwen3-VL processor without the torchvision-backed video processor."""
+
+    _model_type = "qwen3_vl"
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         kwargs.pop("video_processor", None)
@@ -67,6 +157,49 @@ for _config_cls, _proc_cls in (
     (Qwen3VLConfig, OfflineQwen3VLProcessor),
 ):
     AutoProcessor.register(_config_cls, _proc_cls, exist_ok=True)
+
+
+def torchvision_available() -> bool:
+    """Whether torchvision imports here (transformers' video processors need it)."""
+    from transformers.utils import is_torchvision_available
+
+    return bool(is_torchvision_available())
+
+
+_HOOK_INSTALLED = False
+
+
+def allow_missing_video_processor() -> bool:
+    """Let stock ``AutoProcessor`` load Qwen-VL folders when torchvision is missing.
+
+    A saved folder names the stock processor class (``Qwen2_5_VLProcessor``), whose video
+    processor needs torchvision. Where torchvision does not import, this makes
+    ``AutoProcessor`` resolve those class names to the ``Offline*`` subclasses (images and
+    text; videos are refused), so code that loads a processor by name (``transformers
+    serve``, TRL, a user's script) works. Where torchvision imports it does nothing and the
+    stock classes load. Returns whether the hook is active.
+    """
+    global _HOOK_INSTALLED
+    if _HOOK_INSTALLED:
+        return True
+    if torchvision_available():
+        return False
+    from transformers.models.auto import processing_auto
+
+    offline = {
+        _STOCK_NAMES[model_type][0]: cls for model_type, cls in OFFLINE_PROCESSORS.items()
+    }
+    original = processing_auto.processor_class_from_name
+
+    def processor_class_from_name(class_name: str):
+        return offline.get(class_name) or original(class_name)
+
+    processing_auto.processor_class_from_name = processor_class_from_name
+    _HOOK_INSTALLED = True
+    return True
+
+
+allow_missing_video_processor()
 
 
 def model_type_of(path: str | Path) -> str | None:

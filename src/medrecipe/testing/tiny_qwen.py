@@ -8,7 +8,6 @@ image placeholder that the processor expands, a vision-end token).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 # Special tokens used by Qwen2.5-VL's chat format and processor, plus the reasoning tags the
@@ -174,13 +173,8 @@ def build_tiny_qwen25vl(out_dir: Path, seed: int = 0) -> Path:
     processor = OfflineQwen2_5_VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
+    # The processor saves the layout of a hub checkpoint (stock processor_class, video
+    # processor entry, preprocessor_config.json): loading this folder takes the same path as
+    # loading Qwen/Qwen2.5-VL-*-Instruct.
     processor.save_pretrained(out_dir)
-    # Record the stock class name, as the published checkpoints do, so that loading this
-    # folder exercises the same path as loading Qwen/Qwen2.5-VL-*-Instruct.
-    for name in ("processor_config.json", "tokenizer_config.json"):
-        f = out_dir / name
-        if f.is_file():
-            data = json.loads(f.read_text())
-            data["processor_class"] = "Qwen2_5_VLProcessor"
-            f.write_text(json.dumps(data, indent=2))
     return out_dir
