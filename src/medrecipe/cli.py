@@ -25,7 +25,11 @@ EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
 
 Overrides = Annotated[list[str] | None, typer.Option(
-    "--override", "-o", help="Dotted override, e.g. -o sources.0.limit=100 (repeatable).")]
+    "--override", "-o", help=(
+        "Dotted override, e.g. -o sources.0.limit=100 (repeatable). The value is converted by "
+        "the field's type (bool: true/false/yes/no/on/off/1/0; lists: \\[a, b]). Free-form keys "
+        "(extra.*, options.*) convert only true/false, null, numbers and [..]/{..}; yes/no/on/off "
+        "stay strings. A quoted value ('\"1\"') is always a string."))]
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 RunArg = Annotated[Path, typer.Argument(help="Run directory.")]
 

@@ -248,7 +248,7 @@ def load_config(cls: type[BaseModel], path: str | Path, overrides: list[str] | N
     Relative model/dataset/output paths resolve against the YAML file's folder when they exist
     there, so configs can sit next to their data.
     """
-    data, base = read_yaml(path, overrides)
+    data, base = read_yaml(path, overrides, cls)
     if isinstance(data, dict):
         for key in ("model", "dataset", "dataset_dir", "image_store"):
             if isinstance(data.get(key), str):
