@@ -311,7 +311,8 @@ def train_sft(config: ConfigArg, override: Overrides = None) -> None:
     """Supervised fine-tuning (TRL) on the TRL export: full or LoRA; presets octomed, openmedreason_lora."""
     from medrecipe.train import load_sft_config, run_sft
 
-    console.print(f"final checkpoint: {run_sft(load_sft_config(config, override or []))}")
+    final = run_sft(load_sft_config(config, override or []), report=console.print)
+    console.print(f"final checkpoint: {final}")
 
 
 @train_app.command("grpo")
