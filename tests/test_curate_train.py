@@ -43,9 +43,14 @@ def test_sft_then_grpo_on_what_curation_exported(curated, tiny_vlm):
     trl_export = outcome.exports["trl"]
     common = {"model": str(tiny_vlm), "image_max_pixels": 56 * 56, "device": "cpu",
               "logging_steps": 1}
-    _train("sft", {**common, "dataset": trl_export, "output_dir": str(root / "sft"),
-                   "finetuning": "full", "effective_batch_size": 2, "per_device_batch_size": 2,
-                   "max_steps": 2, "max_length": 1024}, root / "sft.yaml")
+    result = _train("sft", {**common, "dataset": trl_export, "output_dir": str(root / "sft"),
+                            "finetuning": "full", "effective_batch_size": 2,
+                            "per_device_batch_size": 2, "max_steps": 2, "max_length": 1024},
+                    root / "sft.yaml")
+    summary = json.loads((root / "sft" / "train_summary.json").read_text())
+    who = "TRL's collator" if summary["collator"] == "trl" else "medrecipe's collator"
+    assert f"assistant-only labels by {who}: {summary['collator_reason']}" in " ".join(
+        result.output.split())
     sft_record = json.loads((root / "sft" / "dataset.json").read_text())
     assert sft_record["num_rows"] == 30  # 7 curated traces + 23 auxiliary ones
     assert (root / "sft" / "final" / "config.json").is_file()

@@ -25,7 +25,11 @@ EXIT_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
 
 Overrides = Annotated[list[str] | None, typer.Option(
-    "--override", "-o", help="Dotted override, e.g. -o sources.0.limit=100 (repeatable).")]
+    "--override", "-o", help=(
+        "Dotted override, e.g. -o sources.0.limit=100 (repeatable). The value is converted by "
+        "the field's type (bool: true/false/yes/no/on/off/1/0; lists: \\[a, b]). Free-form keys "
+        "(extra.*, options.*) convert only true/false, null, numbers and [..]/{..}; yes/no/on/off "
+        "stay strings. A quoted value ('\"1\"') is always a string."))]
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 RunArg = Annotated[Path, typer.Argument(help="Run directory.")]
 
@@ -325,7 +329,8 @@ def train_sft(config: ConfigArg, override: Overrides = None) -> None:
     """Supervised fine-tuning (TRL) on the TRL export: full or LoRA; presets octomed, openmedreason_lora."""
     from medrecipe.train import load_sft_config, run_sft
 
-    console.print(f"final checkpoint: {run_sft(load_sft_config(config, override or []))}")
+    final = run_sft(load_sft_config(config, override or []), report=console.print)
+    console.print(f"final checkpoint: {final}")
 
 
 @train_app.command("grpo")

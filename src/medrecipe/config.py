@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from medrecipe.errors import RecipeError
+from medrecipe.overrides import apply_overrides
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -446,48 +447,6 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _parse_scalar(text: str) -> Any:
-    """Override values are YAML scalars/flow collections: 100, true, null, [a, b]."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.0.c=value` overrides to nested recipe data (lists indexed by number)."""
-    for ov in overrides:
-        if "=" not in ov:
-            raise RecipeError([(ov, "an override must look like path.to.key=value")])
-        path, _, raw = ov.partition("=")
-        keys = [k for k in path.strip().split(".") if k]
-        if not keys:
-            raise RecipeError([(ov, "empty override path")])
-        node: Any = data
-        for i, key in enumerate(keys):
-            last = i == len(keys) - 1
-            if isinstance(node, list):
-                try:
-                    idx = int(key)
-                    node[idx]  # noqa: B018 - bounds check
-                except (ValueError, IndexError):
-                    loc = ".".join(keys[: i + 1])
-                    raise RecipeError([(loc, f"no list element {key!r} (have {len(node)})")]) from None
-                if last:
-                    node[idx] = _parse_scalar(raw)
-                else:
-                    node = node[idx]
-            elif isinstance(node, dict):
-                if last:
-                    node[key] = _parse_scalar(raw)
-                else:
-                    node = node.setdefault(key, {})
-            else:
-                loc = ".".join(keys[:i])
-                raise RecipeError([(loc, "cannot override inside a scalar value")])
-    return data
-
-
 def _loc(parts: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in parts)
 
@@ -503,8 +462,12 @@ def validate_model(cls: type[M], data: Any, path: str | None = None, what: str =
         raise RecipeError(problems, path) from None
 
 
-def read_yaml(path: str | Path, overrides: list[str] | None = None) -> tuple[Any, Path]:
-    """YAML data of a config file with dotted overrides applied, and the file's folder."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None,
+              model: type[BaseModel] | None = None) -> tuple[Any, Path]:
+    """YAML data of a config file with dotted overrides applied, and the file's folder.
+
+    With `model`, override values are converted by the type of the field they set
+    (medrecipe.overrides); without one they are free-form."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError([("", f"file not found: {p}")], str(p))
@@ -513,7 +476,7 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None) -> tuple[Any
     except yaml.YAMLError as e:
         raise RecipeError([("", f"not valid YAML: {e}")], str(p)) from None
     if isinstance(data, dict):
-        data = apply_overrides(data, overrides or [])
+        data = apply_overrides(data, overrides or [], model)
     return data, p.resolve().parent
 
 
@@ -531,7 +494,7 @@ def recipe_from_data(data: Any, path: str | None = None) -> Recipe:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict[str, Any]]:
     """Read, override and validate a recipe file; returns the model and the raw data."""
-    data, base = read_yaml(path, overrides)
+    data, base = read_yaml(path, overrides, Recipe)
     if isinstance(data, dict) and data.get("kind") == "curate":
         raise RecipeError([("kind", "this is a curation recipe; run it with `medrecipe curate`")],
                           str(path))

@@ -394,7 +394,7 @@ def curate_recipe_from_data(data: Any, path: str | None = None) -> CurateRecipe:
 def load_curate_recipe(path: str | Path, overrides: list[str] | None = None
                        ) -> tuple[CurateRecipe, dict[str, Any]]:
     """Read, override and validate a curation recipe; relative paths resolve next to it."""
-    data, base = read_yaml(path, overrides)
+    data, base = read_yaml(path, overrides, CurateRecipe)
     if not is_curate_data(data):
         raise RecipeError([("kind", "a curation recipe says `kind: curate` (a recipe without it "
                                     "runs with `medrecipe run`)")], str(path))

@@ -262,7 +262,7 @@ def eval_config_from_data(data: Any, path: str | None = None) -> EvalConfig:
 
 def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
     """Read, override (`a.b=value`) and validate an evaluation recipe file."""
-    data, base = read_yaml(path, overrides)
+    data, base = read_yaml(path, overrides, EvalConfig)
     cfg = eval_config_from_data(data, str(path))
     # Relative data paths resolve against the recipe's folder, like training recipes.
     for b in cfg.benchmarks:

@@ -5,7 +5,9 @@ Importing this package is cheap; torch, transformers and TRL load when training 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from medrecipe.train.config import (
     GRPOConfig,
@@ -31,11 +33,13 @@ __all__ = [
 ]
 
 
-def run_sft(config: SFTConfig) -> Path:
-    """Supervised fine-tuning; returns the final checkpoint (or adapter) folder."""
+def run_sft(config: SFTConfig, report: Callable[[str], Any] | None = None) -> Path:
+    """Supervised fine-tuning; returns the final checkpoint (or adapter) folder.
+
+    `report` is told which collator labels the batches (TRL's or medrecipe's) and why."""
     from medrecipe.train.sft import run_sft as _run
 
-    return _run(config)
+    return _run(config, report)
 
 
 def run_grpo(config: GRPOConfig) -> Path:

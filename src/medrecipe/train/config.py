@@ -140,11 +140,26 @@ class SFTConfig(_TrainCommon):
         description="concatenate a batch into one row without padding (flash attention on GPU)",
     )
     merge_lora: bool = Field(default=False, description="also save base+adapter merged")
+    collator: Literal["auto", "trl", "medrecipe"] = Field(
+        default="auto",
+        description=(
+            "who builds batches with assistant-only labels: trl (TRL's own collator with "
+            "assistant_only_loss), medrecipe (ours, also padding-free), auto: trl where the "
+            "installed TRL supports it for vision data, else medrecipe"
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         return merge_preset(data, SFT_PRESETS) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _collator_fits(self) -> SFTConfig:
+        if self.collator == "trl" and self.padding_free:
+            raise ValueError("collator: trl cannot do padding_free (TRL refuses padding-free "
+                             "batches for vision datasets); use collator: auto or medrecipe")
+        return self
 
 
 class GRPOConfig(_TrainCommon):
@@ -248,7 +263,7 @@ def load_config(cls: type[BaseModel], path: str | Path, overrides: list[str] | N
     Relative model/dataset/output paths resolve against the YAML file's folder when they exist
     there, so configs can sit next to their data.
     """
-    data, base = read_yaml(path, overrides)
+    data, base = read_yaml(path, overrides, cls)
     if isinstance(data, dict):
         for key in ("model", "dataset", "dataset_dir", "image_store"):
             if isinstance(data.get(key), str):

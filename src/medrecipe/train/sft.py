@@ -1,17 +1,29 @@
 """Supervised fine-tuning of a VLM on medrecipe's TRL export (TRL SFTTrainer).
 
-TRL's own vision collator trains on every token and refuses padding-free batches for
-VLMs, so this module brings its own collator:
+Loss is on assistant tokens only. Who builds the batches is chosen per run
+(`choose_collator`, config `collator: auto|trl|medrecipe`), logged and written to
+train_summary.json:
 
-- loss on assistant tokens only: labels are -100 everywhere except inside assistant turns
-  of the ChatML chat format (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL); the turn's closing
-  ``<|im_end|>`` is trained so the model learns to stop;
-- optional padding-free batches: the examples of a batch are concatenated into one row
-  with per-example position ids (including Qwen's 3-D M-RoPE positions), so no compute is
-  spent on padding; attention stays within each example because the position ids restart
-  (transformers builds a block-diagonal mask, or flash attention uses varlen kernels).
-  The forward pass must run with ``use_cache=False`` (as training does): with a KV cache
-  transformers does not look for packed sequences.
+- **TRL's own collator** (`DataCollatorForVisionLanguageModeling` with
+  ``assistant_only_loss=True``) where TRL supports it for vision datasets: TRL >= 1.15 with
+  transformers >= 5.18, a chat template with ``{% generation %}`` markers (or one TRL ships a
+  training version of, such as Qwen2.5-VL's) whose mask includes the end-of-turn token, and
+  an ``images`` column of `datasets.Image` features.
+- **medrecipe's collator** (`VLMChatCollator`) everywhere else: TRL 0.29-1.14 refuses
+  assistant-only loss for VLMs (up to 1.9 for any VLM, 1.10-1.14 for vision datasets), and
+  every TRL up to 1.16 refuses padding-free batches and packing for vision datasets. It
+
+  - labels assistant turns only in the ChatML chat format (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+    InternVL); the turn's closing ``<|im_end|>`` is trained so the model learns to stop;
+  - optionally makes padding-free batches: the examples of a batch are concatenated into one
+    row with per-example position ids (including Qwen's 3-D M-RoPE positions), so no compute
+    is spent on padding; attention stays within each example because the position ids
+    restart (transformers builds a block-diagonal mask, or flash attention uses varlen
+    kernels). The forward pass must run with ``use_cache=False`` (as training does): with a
+    KV cache transformers does not look for packed sequences.
+
+The two label the same tokens, except that TRL's training template for Qwen2.5-VL also
+trains the newline after each assistant ``<|im_end|>`` (tests/test_train_sft.py compares them).
 """
 
 from __future__ import annotations
@@ -20,8 +32,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medrecipe.errors import UserError
 from medrecipe.train.config import SFTConfig, trainer_args
@@ -247,6 +260,116 @@ def pack_examples(
     return _vision_tensors(encoded, batch)
 
 
+# --------------------------------------------------------------------------- collator choice
+
+# Verified against TRL's SFTTrainer source and runs on the tiny Qwen2.5-VL, TRL 0.29.0-1.16.0:
+# 0.29-1.9 refuse assistant_only_loss, padding_free and packing for any VLM; 1.10-1.14 for
+# vision datasets; 1.15+ accept assistant_only_loss for vision datasets with transformers
+# >= 5.18 (the processor's assistant mask) and still refuse padding_free and packing.
+TRL_VISION_ASSISTANT_LOSS = "1.15.0"
+TRANSFORMERS_VISION_ASSISTANT_MASK = "5.18.0.dev0"  # the bound TRL itself checks
+
+
+@dataclass(frozen=True)
+class CollatorChoice:
+    """Which collator builds SFT batches, and why."""
+
+    collator: Literal["trl", "medrecipe"]
+    reason: str
+    chat_template: str | None = None  # TRL's training template, when it swaps one in
+
+    def describe(self) -> str:
+        who = "TRL's collator" if self.collator == "trl" else "medrecipe's collator"
+        return f"assistant-only labels by {who}: {self.reason}"
+
+
+def _installed_version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _images_are_image_features(ds: Any) -> str | None:
+    """None when the dataset's images column holds datasets.Image features, else why not."""
+    import datasets
+
+    features = getattr(ds, "features", None) or {}
+    col = "images" if "images" in features else "image" if "image" in features else None
+    if col is None:
+        return "the dataset has no images column (TRL would treat it as a text dataset)"
+    feat = features[col]
+    inner = getattr(feat, "feature", feat)
+    if not isinstance(inner, datasets.Image):
+        return f"the dataset's {col!r} column holds {type(inner).__name__}, not datasets.Image"
+    return None
+
+
+def trl_refusal(cfg: SFTConfig, processor: Any, ds: Any, *, trl_version: str | None = None,
+                transformers_version: str | None = None) -> tuple[str | None, str | None]:
+    """(why TRL's own collator cannot do assistant-only loss here or None, training template).
+
+    The training template is TRL's patched chat template when the processor's has no
+    generation markers but TRL knows a training version of it.
+    """
+    from packaging.version import Version
+
+    trl_v = trl_version or _installed_version("trl")
+    tf_v = transformers_version or _installed_version("transformers")
+    if cfg.padding_free:
+        return (f"TRL {trl_v} refuses padding-free batches for vision datasets "
+                "(every release up to 1.16)"), None
+    if Version(trl_v) < Version(TRL_VISION_ASSISTANT_LOSS):
+        return (f"TRL {trl_v} refuses assistant_only_loss for vision-language models "
+                f"(supported from TRL {TRL_VISION_ASSISTANT_LOSS})"), None
+    if Version(tf_v) < Version(TRANSFORMERS_VISION_ASSISTANT_MASK):
+        return (f"TRL needs transformers>=5.18 for assistant-only loss on vision datasets; "
+                f"{tf_v} is installed"), None
+    problem = _images_are_image_features(ds)
+    if problem:
+        return problem, None
+    from trl.chat_template_utils import (
+        get_training_chat_template,
+        has_generation_markers,
+        is_chat_template_stop_token_trained,
+    )
+
+    template = getattr(processor, "chat_template", None)
+    if not template:
+        return "the processor has no chat template", None
+    training = None
+    if not has_generation_markers(template):
+        try:
+            training = get_training_chat_template(processor)
+        except ValueError:
+            return ("the chat template has no {% generation %} markers and TRL has no "
+                    "training version of it"), None
+    if not is_chat_template_stop_token_trained(processor, chat_template=training):
+        return ("TRL's assistant mask for this chat template leaves out the end-of-turn token, "
+                "so the model would not learn to stop"), None
+    return None, training
+
+
+def choose_collator(cfg: SFTConfig, processor: Any, ds: Any, *, trl_version: str | None = None,
+                    transformers_version: str | None = None) -> CollatorChoice:
+    """TRL's own collator where it supports assistant-only loss for this run, else ours.
+
+    `cfg.collator` forces one: `trl` fails (UserError naming the reason) where TRL refuses.
+    """
+    if cfg.collator == "medrecipe":
+        why = "padding-free batches" if cfg.padding_free else "asked for"
+        return CollatorChoice("medrecipe", f"collator: medrecipe in the config ({why})")
+    refusal, training = trl_refusal(cfg, processor, ds, trl_version=trl_version,
+                                    transformers_version=transformers_version)
+    if refusal is None:
+        how = ("TRL's training chat template (the model's has no generation markers)"
+               if training else "the chat template's generation markers")
+        source = "collator: trl in the config" if cfg.collator == "trl" else "TRL supports it"
+        return CollatorChoice("trl", f"{source}; assistant tokens from {how}", training)
+    if cfg.collator == "trl":
+        raise UserError(f"collator: trl is not possible here: {refusal}; use collator: auto")
+    return CollatorChoice("medrecipe", refusal)
+
+
 # --------------------------------------------------------------------------- model setup
 
 
@@ -456,7 +579,11 @@ def _last_checkpoint(out: Path) -> str | None:
 
 
 def build_sft_trainer(cfg: SFTConfig, out_dir: Path | None = None):
-    """Build the TRL SFTTrainer (model, data, collator) for a config; returns (trainer, dataset)."""
+    """Build the TRL SFTTrainer (model, data, collator) for a config; returns (trainer, dataset).
+
+    The collator is chosen by `choose_collator`; the trainer's `collator_choice` says which
+    and why.
+    """
     from trl import SFTConfig as TRLSFTConfig
 
     out = out_dir or cfg.resolved_output_dir("sft")
@@ -465,29 +592,36 @@ def build_sft_trainer(cfg: SFTConfig, out_dir: Path | None = None):
     model, processor, _ = load_for_training(cfg)
     device, bf16 = _device_and_precision(cfg)
     peft_config = peft_config_for(model, cfg)
-    rope_index = None
-    if cfg.padding_free:
-        rope_index = getattr(_inner(model), "get_rope_index", None)
-    dataset_path = Path(cfg.dataset)
-    collator = VLMChatCollator(
-        processor,
-        max_length=cfg.max_length,
-        padding_free=cfg.padding_free,
-        image_base=dataset_path if dataset_path.is_dir() else dataset_path.parent,
-        rope_index=rope_index,
-    )
+    choice = choose_collator(cfg, processor, ds)
+    log.info("SFT %s", choice.describe())
+    if choice.collator == "trl":
+        # TRL builds DataCollatorForVisionLanguageModeling itself (swapping in its training
+        # chat template when the model's has no generation markers) and truncates to max_length.
+        collator = None
+        trl_masking = dict(assistant_only_loss=True, max_length=cfg.max_length)
+    else:
+        rope_index = getattr(_inner(model), "get_rope_index", None) if cfg.padding_free else None
+        dataset_path = Path(cfg.dataset)
+        collator = VLMChatCollator(
+            processor,
+            max_length=cfg.max_length,
+            padding_free=cfg.padding_free,
+            image_base=dataset_path if dataset_path.is_dir() else dataset_path.parent,
+            rope_index=rope_index,
+        )
+        # Our collator labels and truncates; TRL's own switches stay off (it refuses them here).
+        trl_masking = dict(assistant_only_loss=False, max_length=None)
     gc = cfg.gradient_checkpointing
     if gc is None:
         gc = device.startswith("cuda")
     args = TRLSFTConfig(
         **trainer_args(cfg, str(out), bf16=bf16, gradient_checkpointing=gc),
         dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
         packing=False,
-        padding_free=False,  # done by VLMChatCollator; TRL refuses it for VLMs
-        assistant_only_loss=False,  # done by VLMChatCollator; TRL refuses it for VLMs
+        padding_free=False,  # TRL refuses it for vision datasets; VLMChatCollator does it
         use_cpu=device == "cpu",
         disable_tqdm=True,
+        **trl_masking,
     )
     trainer = _sft_trainer_class()(
         model=model,
@@ -497,11 +631,15 @@ def build_sft_trainer(cfg: SFTConfig, out_dir: Path | None = None):
         processing_class=processor,
         peft_config=peft_config,
     )
+    trainer.collator_choice = choice
     return trainer, ds
 
 
-def run_sft(cfg: SFTConfig) -> Path:
-    """Fine-tune per the config; returns the folder of the final checkpoint (or adapter)."""
+def run_sft(cfg: SFTConfig, report: Callable[[str], Any] | None = None) -> Path:
+    """Fine-tune per the config; returns the folder of the final checkpoint (or adapter).
+
+    `report` (e.g. the console's print) is told which collator labels the batches and why.
+    """
     from medrecipe.config import config_hash
 
     started = time.time()
@@ -509,6 +647,8 @@ def run_sft(cfg: SFTConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sft_config.json").write_text(cfg.model_dump_json(indent=2))
     trainer, ds = build_sft_trainer(cfg, out)
+    if report is not None:
+        report(trainer.collator_choice.describe())
     record = write_dataset_record(out, cfg.dataset, ds, config_hash(cfg), "train_sft")
     trainable, total = count_parameters(trainer.model)
     log.info("training %s of %s parameters on %d examples", trainable, total, len(ds))
@@ -517,7 +657,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     final = out / "final"
     trainer.save_model(str(final))
     trainer.processing_class.save_pretrained(str(final))
-    _write_log(out, trainer, trainable, total)
+    _write_log(out, trainer, trainable, total, trainer.collator_choice)
     if cfg.finetuning == "lora" and cfg.merge_lora:
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(str(out / "merged"))
@@ -527,7 +667,8 @@ def run_sft(cfg: SFTConfig) -> Path:
     return final
 
 
-def _write_log(out: Path, trainer: Any, trainable: int, total: int) -> None:
+def _write_log(out: Path, trainer: Any, trainable: int, total: int,
+               choice: CollatorChoice | None = None) -> None:
     with open(out / "train_log.jsonl", "w") as fh:
         for row in trainer.state.log_history:
             fh.write(json.dumps(row) + "\n")
@@ -537,4 +678,6 @@ def _write_log(out: Path, trainer: Any, trainable: int, total: int) -> None:
         "trainable_parameters": trainable,
         "total_parameters": total,
     }
+    if choice is not None:
+        summary.update(collator=choice.collator, collator_reason=choice.reason)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
