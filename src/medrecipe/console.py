@@ -23,6 +23,12 @@ console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def took(ran: bool, seconds: float | None) -> str:
+    """" (12.3s)" for a stage that ran now; "" for one that was up to date (its recorded time
+    belongs to the earlier run, so it is not shown)."""
+    return f" ({seconds or 0:.1f}s)" if ran else ""
+
+
 def progress_enabled(flag: bool | None = None) -> bool:
     """Progress bars on a terminal unless MEDRECIPE_NO_PROGRESS is set; `flag` overrides."""
     if flag is not None:
