@@ -111,11 +111,12 @@ def validate(recipe: RecipeArg, override: Overrides = None) -> None:
         console.print(f"[green]ok[/green]: curation recipe {c.name!r}: {len(c.sources)} "
                       f"source(s), {len(c.teachers)} teacher(s)"
                       + (f", {len(c.mix.auxiliary)} auxiliary run(s)" if c.traces else "")
-                      + f"; run directory {c.resolved_run_dir()}")
+                      + f"; run directory {c.resolved_run_dir().absolute()}")
         return
     r, _ = _load(recipe, override, preflight=True)
     console.print(f"[green]ok[/green]: recipe {r.name!r}: {len(r.sources)} source(s), "
-                  f"{len(r.teachers)} teacher(s); run directory {r.resolved_run_dir()}")
+                  f"{len(r.teachers)} teacher(s); run directory "
+                  f"{r.resolved_run_dir().absolute()}")
 
 
 @app.command()
@@ -128,7 +129,7 @@ def ingest(recipe: RecipeArg, override: Overrides = None,
     ctx = pipeline.open_context(r, raw, force={"ingest"} if force else set())
     pipeline.ingest(ctx)
     print_ingest_table(ctx.run)
-    console.print(f"run directory: {ctx.run.root}")
+    console.print(f"run directory: {ctx.run.root.absolute()}")
 
 
 @app.command()
@@ -157,7 +158,7 @@ def run(recipe: RecipeArg, override: Overrides = None,
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/demo in the current directory).")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
 ) -> None:
     """Run the packaged demo recipe offline (replayed teacher answers over bundled demo data)."""
@@ -197,7 +198,7 @@ def curate(recipe: RecipeArg, override: Overrides = None,
             for key in ("llamafactory", "trl", "jsonl_train"):
                 if key in paths:
                     console.print(f"  {label} {key}: {paths[key]}")
-    console.print(f"run directory: {outcome.run_dir}")
+    console.print(f"run directory: {Path(outcome.run_dir).absolute()}")
     if not outcome.complete:
         console.print("[yellow]some stages stopped early (budget or failed requests); re-run "
                       "to continue[/yellow]")
@@ -206,17 +207,21 @@ def curate(recipe: RecipeArg, override: Overrides = None,
 
 
 def _finish(outcome) -> None:
-    if outcome.exports:
-        console.print("[bold]exports[/bold]")
-        for key in ("llamafactory", "dataset_info", "trl", "jsonl_train"):
-            if key in outcome.exports:
-                console.print(f"  {key}: {outcome.exports[key]}")
+    shown = [key for key in ("llamafactory", "dataset_info", "trl", "jsonl_train")
+             if key in outcome.exports]
     if outcome.selected == 0:
-        console.print("[yellow]0 traces were selected: the exports are empty; the report's "
-                      "selection funnel shows where the traces went[/yellow]")
-    console.print(f"run directory: {outcome.run_dir}")
+        # No heading over files that hold no rows: say once that nothing was exported.
+        console.print("[yellow]nothing exported: 0 traces were selected[/yellow] (the export "
+                      "files hold no rows); the report's selection funnel shows where the "
+                      "traces went")
+    elif shown:
+        console.print("[bold]exports[/bold]")
+        for key in shown:
+            console.print(f"  {key}: {outcome.exports[key]}")
+    # Absolute: a relative run_dir is relative to the current directory, not the recipe's.
+    console.print(f"run directory: {Path(outcome.run_dir).absolute()}")
     if outcome.report:
-        console.print(f"report: {outcome.report}")
+        console.print(f"report: {Path(outcome.report).absolute()}")
     if not outcome.complete:
         for p in outcome.problems:
             err_console.print(f"[yellow]incomplete:[/yellow] {p}")

@@ -262,11 +262,25 @@ TEACHER_RUNTIME_FIELDS = frozenset({"price", "max_in_flight", "requests_per_minu
                                     "backoff_base_s", "backoff_max_s", "http_transport"})
 
 
+class GenerateWarnings(_Model):
+    """When the generate stage warns (console and logs/medrecipe.log), per teacher.
+
+    A share is compared with `>`; null never warns. Defaults: more than 5% of responses cut
+    at max_tokens (a few long traces are normal, a pattern means the limit is too low);
+    more than 10% of questions (n > 1) whose samples are all identical (a server ignoring
+    sampling does it to nearly all of them). See generate/checks.py for the counts.
+    """
+
+    length_cut: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    identical_samples: float | None = Field(default=0.10, ge=0.0, le=1.0)
+
+
 class GenerateConfig(_Model):
     n: int = Field(default=16, ge=1)
     routes: dict[str, str] = Field(default_factory=dict)  # task -> teacher name; "*" default
     budget_usd: float | None = Field(default=None, gt=0)  # null: no cap
     cache_dir: str | None = None  # default: <run>/cache
+    warn: GenerateWarnings = Field(default_factory=GenerateWarnings)  # not in the stage hash
 
 
 # --------------------------------------------------------------------------- grade / select

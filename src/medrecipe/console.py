@@ -8,6 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -19,8 +20,40 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# Output that is not a terminal (a pipe, a log file) is not wrapped at rich's default 80
+# columns: a wrapped line would cut paths and messages in two for whoever reads or greps it.
+console = Console(stderr=False, highlight=False, soft_wrap=not _isatty(sys.stdout))
+err_console = Console(stderr=True, highlight=False, soft_wrap=not _isatty(sys.stderr))
+
+
+def print_table(con: Console, table: Any) -> None:
+    """Print a rich table; output that is not a terminal (a pipe, a file) gets the table's
+    full width instead of rich's 80-column default, so no cell is folded or cut for a
+    terminal that is not there."""
+    if con.is_terminal:
+        con.print(table)
+        return
+    from rich.measure import Measurement
+
+    need = Measurement.get(con, con.options.update_width(100_000), table).maximum
+    if need <= con.width:
+        con.print(table)
+        return
+    Console(file=con.file, width=need, highlight=False, soft_wrap=con.soft_wrap).print(table)
+
+
+def took(ran: bool, seconds: float | None) -> str:
+    """" (12.3s)" for a stage that ran now; "" for one that was up to date (its recorded time
+    belongs to the earlier run, so it is not shown)."""
+    return f" ({seconds or 0:.1f}s)" if ran else ""
 
 
 def progress_enabled(flag: bool | None = None) -> bool:

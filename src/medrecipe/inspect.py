@@ -120,6 +120,32 @@ def print_trace_funnel(run: Run) -> None:
             + ")")
 
 
+def print_generation_checks(run: Run) -> None:
+    """Length-cut responses and identical samples per teacher, and the warnings they give."""
+    from rich.markup import escape
+
+    from medrecipe.report.stats import generation_checks
+
+    c = generation_checks(run.root, run.manifest)
+    if c is None:
+        return
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.1f}%"
+
+    t = Table(title="response checks (generate)")
+    for col in ("teacher", "responses", "cut at max_tokens", "questions checked",
+                "all samples identical"):
+        t.add_column(col, justify="left" if col == "teacher" else "right", overflow="fold")
+    for name, v in c["by_teacher"].items():
+        t.add_row(name, str(v["responses"]), f"{v['length_cut']} ({pct(v['length_cut_rate'])})",
+                  str(v["sampled_items"]),
+                  f"{v['identical_items']} ({pct(v['identical_rate'])})")
+    console.print(t)
+    for line in c["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}")
+
+
 def inspect_run(run_dir: str | Path, samples: int = 3) -> None:
     """Print counts, stage status, quarantine reasons and sample rows of a run."""
     run = open_run(run_dir)
@@ -134,6 +160,7 @@ def inspect_run(run_dir: str | Path, samples: int = 3) -> None:
         st.add_row(name, "done" if rec.get("complete", True) else "[yellow]partial[/yellow]",
                    rows, f"{rec.get('seconds', 0):.2f}")
     console.print(st)
+    print_generation_checks(run)
     print_funnel(run)
 
     tables = [f"ingest/{n}" for n in m.get("sources", {}) if run.has(f"ingest/{n}")]

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 import medrecipe
 from medrecipe.config import Recipe, SourceSpec, config_hash
-from medrecipe.console import RunLog, counting_progress, progress_enabled
+from medrecipe.console import RunLog, counting_progress, progress_enabled, took
 from medrecipe.errors import UserError
 from medrecipe.images import ImageStore
 from medrecipe.schema import ITEM_SCHEMA, QuarantineRow
@@ -169,7 +169,7 @@ def ingest_source(ctx: Context, spec: SourceSpec) -> str:
     ctx.log(f"ingest {spec.name}: {verb}, {rec.rows.get('items', 0)} items"
             + (f", [yellow]{q} quarantined[/yellow]" if q else "")
             + (f", {skipped} filtered out by the adapter's options" if skipped else "")
-            + f" ({rec.seconds:.1f}s)")
+            + took(ran, rec.seconds))
     return rec.fingerprint
 
 
@@ -275,7 +275,7 @@ def prepare(ctx: Context, ingest_fps: dict[str, str]) -> str:
     ctx.log(f"prepare: {'done' if ran else 'up to date'}, {rec.rows.get('items', 0)} items kept"
             + (f", {rec.rows.get('removed', 0)} removed" if rec.rows.get("removed") else "")
             + (f" in {n_shards} shards" if n_shards > 1 else "")
-            + f" ({rec.seconds:.1f}s)")
+            + took(ran, rec.seconds))
     return rec.fingerprint
 
 
@@ -324,12 +324,16 @@ def _teachers_hash(ctx: Context) -> str:
                               "endpoints", "allow_insecure_http"})
         for n in used if n in r.teachers}
     return config_hash({"teachers": teach, "templates": tpl,
-                        "generate": r.generate.model_dump(mode="json", exclude={"budget_usd"})})
+                        "generate": r.generate.model_dump(mode="json",
+                                                          exclude={"budget_usd", "warn"})})
 
 
 def generate(ctx: Context, upstream: str) -> str:
     """Teacher generations for every item (cached, resumable) -> generations shards."""
+    from rich.markup import escape
+
     from medrecipe.generate.budget import Budget
+    from medrecipe.generate.checks import check_warnings
     from medrecipe.sharded import GeneratePayload, generate_shard
 
     r = ctx.recipe
@@ -349,7 +353,11 @@ def generate(ctx: Context, upstream: str) -> str:
     ctx.log(f"generate: {status if ran else 'up to date'}, {rec.rows.get('generations', 0)} "
             f"generations" + (f", {x.get('cached', 0)} from cache, {x.get('failures', 0)} failed, "
                               f"${x.get('spend_usd', 0):.4f} spent" if ran else "")
-            + f" ({rec.seconds:.1f}s)")
+            + took(ran, rec.seconds))
+    # Said on every run, up to date or not: the generations stay what they are until fixed.
+    for line in check_warnings(x.get("output_checks"), r.generate.warn, r.generate.n,
+                               r.teachers):
+        ctx.log(f"[yellow]warning: generate: {escape(line)}[/yellow]")
     return output_fingerprint(rec)
 
 
@@ -377,7 +385,7 @@ def grade(ctx: Context, upstream: str) -> str:
                                  force=ctx.forced("grade"))
     ctx.log(f"grade: {'done' if ran else 'up to date'}, {rec.rows.get('verdicts', 0)} verdicts, "
             f"{rec.rows.get('correct', 0)} correct, {rec.rows.get('ungradable', 0)} without a "
-            f"gradable answer ({rec.seconds:.1f}s)")
+            f"gradable answer{took(ran, rec.seconds)}")
     cj = rec.extra.get("choice_judge")
     if cj:
         ctx.log(f"grade: choice judge read {cj['answered']} of {cj['asked']} replies no rule read "
@@ -433,7 +441,7 @@ def select(ctx: Context, items_fp: str, grade_fp: str) -> str:
         rec.complete = False
         ctx.run.record_stage(rec)
     ctx.log(f"select: {'done' if ran else 'up to date'}, {rec.rows.get('train', 0)} train / "
-            f"{rec.rows.get('val', 0)} validation traces ({rec.seconds:.1f}s)")
+            f"{rec.rows.get('val', 0)} validation traces{took(ran, rec.seconds)}")
     return output_fingerprint(rec)
 
 

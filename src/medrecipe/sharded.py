@@ -92,6 +92,7 @@ class GeneratePayload:
 
 def generate_shard(job: ShardJob) -> ShardOutcome:
     """Teacher samples for the items of one shard -> generations shard (cached, resumable)."""
+    from medrecipe.generate.checks import OutputChecks
     from medrecipe.generate.stage import engine_extra, generate_items
     from medrecipe.store import ParquetSink
 
@@ -99,6 +100,7 @@ def generate_shard(job: ShardJob) -> ShardOutcome:
     items = _read(job, p.items, ITEM_SCHEMA)
     cache = _cache(p.models, job)
     sink = ParquetSink(_out(job, "generations"), GENERATION_SCHEMA)
+    checks = OutputChecks(p.config.n)
     try:
         def write(batch: list[Generation]) -> None:
             sink.write(to_table(batch, GENERATION_SCHEMA))
@@ -106,7 +108,7 @@ def generate_shard(job: ShardJob) -> ShardOutcome:
         result, _ = generate_items(items, p.models.teachers, p.config, cache, _images(p.models),
                                    write, progress=p.models.progress, backends=p.models.backends,
                                    budget_usd=p.budget.remaining(),
-                                   description=_label(job, "generate"))
+                                   description=_label(job, "generate"), checks=checks)
     except BaseException:
         sink.abort()
         raise
@@ -116,7 +118,7 @@ def generate_shard(job: ShardJob) -> ShardOutcome:
     p.budget.spent(result.spend_usd)
     return ShardOutcome(job.shard, rows={"generations": sink.rows},
                         complete=result.complete and result.failures == 0,
-                        stats=engine_extra(result))
+                        stats=engine_extra(result, checks=checks))
 
 
 # --------------------------------------------------------------------------- grade

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 import medrecipe
 from medrecipe.config import TEACHER_RUNTIME_FIELDS, config_hash
-from medrecipe.console import RunLog, counting_progress
+from medrecipe.console import RunLog, counting_progress, took
 from medrecipe.curate import questions as qmod
 from medrecipe.curate import taxonomy, visual
 from medrecipe.curate.calls import AskResult, Budget, Caller, Prompt
@@ -180,7 +180,7 @@ def _log_stage(ctx: CurateContext, name: str, ran: bool, rec: StageRecord, what:
             + (f", {removed} removed" if removed else "")
             + (f", {f.get('pending')} waiting" if f.get("pending") else "")
             + (f", ${rec.extra.get('spend_usd', 0):.4f} spent" if rec.extra.get("spend_usd")
-               else "") + f" ({rec.seconds:.1f}s)")
+               else "") + took(ran, rec.seconds))
 
 
 def _model_extra(res: AskResult) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def measure(ctx: CurateContext, ingest_fps: dict[str, str]) -> str:
                          force=ctx.forced("measure"))
     ctx.log(f"measure: {'done' if ran else 'up to date'}, {rec.rows.get('measured', 0)} images "
             f"measured" + (f", {rec.rows['errors']} undecodable" if rec.rows.get("errors") else "")
-            + f" ({rec.seconds:.1f}s)")
+            + took(ran, rec.seconds))
     return rec.fingerprint
 
 

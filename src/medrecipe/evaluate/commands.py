@@ -8,11 +8,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from medrecipe.console import print_table
 from medrecipe.errors import UserError
 from medrecipe.evaluate.compare import CompareResult, compare
 from medrecipe.evaluate.config import load_eval_config
 from medrecipe.evaluate.pairwise import PairwiseResult
-from medrecipe.evaluate.registry import CATEGORY_TITLES
+from medrecipe.evaluate.registry import CATEGORIES, CATEGORY_TITLES
 from medrecipe.evaluate.runner import EvalResult, run_eval
 
 
@@ -20,29 +21,79 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
-def results_table(result: EvalResult) -> Table:
-    """A rich table of one run's per-benchmark metrics and category averages."""
+def _name_column(t: Table, names: Sequence[str]) -> None:
+    """The benchmark column: never wrapped or cut (the other columns fold to make room)."""
+    t.add_column("benchmark", no_wrap=True, min_width=max([len("benchmark"), *map(len, names)]))
+
+
+RESULT_COLUMNS = ("category", "items", "acc % (± std)", "95% CI", "vote %", "parse fail %",
+                  "unterminated %", "forced end %", "think tok", "answer tok")
+# At a terminal too narrow for every column, two tables of these (rows stay grouped by
+# category, each group closed by its average row, so the category column can go).
+ACCURACY_COLUMNS = ("items", "acc % (± std)", "95% CI", "vote %")
+RESPONSE_COLUMNS = ("parse fail %", "unterminated %", "forced end %", "think tok", "answer tok")
+
+
+def _tok(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
+def _cells(b: dict) -> dict[str, str]:
+    acc = _pct(b["accuracy"])
+    if b.get("accuracy_std"):
+        acc += f" ± {100 * b['accuracy_std']:.1f}"
+    ci = "–" if b["ci_low"] is None else f"{_pct(b['ci_low'])}–{_pct(b['ci_high'])}"
+    return {"category": b["category"], "items": str(b["n_items"]), "acc % (± std)": acc,
+            "95% CI": ci, "vote %": _pct(b["majority_vote"]),
+            "parse fail %": _pct(b["parse_failure_rate"]),
+            "unterminated %": _pct(b["unterminated_rate"]),
+            "forced end %": _pct(b["forced_end_rate"]),
+            "think tok": _tok(b["mean_thinking_tokens"]),
+            "answer tok": _tok(b["mean_answer_tokens"])}
+
+
+def results_table(result: EvalResult, columns: Sequence[str] = RESULT_COLUMNS) -> Table:
+    """A rich table of one run's per-benchmark metrics and category averages (`columns`: a
+    subset of RESULT_COLUMNS; the benchmark column is always first and never cut)."""
     r = result.results
     t = Table(title=f"{r['label']} ({r['model']}, template {r['template']['name']})")
-    for col, just in (("benchmark", "left"), ("category", "left"), ("items", "right"),
-                      ("acc % (± std)", "right"), ("95% CI", "right"), ("vote %", "right"),
-                      ("parse fail %", "right"), ("unterminated %", "right"),
-                      ("forced end %", "right"), ("think tok", "right"), ("answer tok", "right")):
-        t.add_column(col, justify=just)
-    for name, b in r["benchmarks"].items():
-        acc = _pct(b["accuracy"])
-        if b.get("accuracy_std"):
-            acc += f" ± {100 * b['accuracy_std']:.1f}"
-        ci = "–" if b["ci_low"] is None else f"{_pct(b['ci_low'])}–{_pct(b['ci_high'])}"
-        t.add_row(b.get("title") or name, b["category"], str(b["n_items"]), acc, ci,
-                  _pct(b["majority_vote"]), _pct(b["parse_failure_rate"]),
-                  _pct(b["unterminated_rate"]), _pct(b["forced_end_rate"]),
-                  "–" if b["mean_thinking_tokens"] is None else f"{b['mean_thinking_tokens']:.0f}",
-                  "–" if b["mean_answer_tokens"] is None else f"{b['mean_answer_tokens']:.0f}")
-    for cat, acc in r["categories"].items():
-        t.add_row(f"[bold]{CATEGORY_TITLES.get(cat, cat)} avg[/bold]", cat, "", _pct(acc),
-                  "", "", "", "", "", "", "")
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    benches = sorted(r["benchmarks"].items(),
+                     key=lambda kv: order.get(kv[1]["category"], len(order)))  # stable
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for name, b in benches:
+        groups.setdefault(b["category"], []).append((name, b))
+    for cat in r["categories"]:
+        groups.setdefault(cat, [])
+    names = [b.get("title") or n for n, b in benches]
+    names += [f"{CATEGORY_TITLES.get(c, c)} avg" for c in r["categories"]]
+    _name_column(t, names)
+    for col in columns:
+        t.add_column(col, justify="left" if col == "category" else "right", overflow="fold")
+    for i, (cat, rows) in enumerate(groups.items()):
+        if i:
+            t.add_section()
+        for name, b in rows:
+            cells = _cells(b)
+            t.add_row(b.get("title") or name, *[cells[c] for c in columns])
+        if cat in r["categories"] and "acc % (± std)" in columns:
+            avg = {"category": cat, "acc % (± std)": _pct(r["categories"][cat])}
+            t.add_row(f"[bold]{CATEGORY_TITLES.get(cat, cat)} avg[/bold]",
+                      *[avg.get(c, "") for c in columns])
     return t
+
+
+def print_results(con: Console, result: EvalResult) -> None:
+    """The results table; split in two at a terminal too narrow for all of it."""
+    from rich.measure import Measurement
+
+    full = results_table(result)
+    need = Measurement.get(con, con.options.update_width(100_000), full).maximum
+    if not con.is_terminal or need <= con.width:
+        print_table(con, full)
+        return
+    print_table(con, results_table(result, ACCURACY_COLUMNS))
+    print_table(con, results_table(result, RESPONSE_COLUMNS))
 
 
 def trace_table(result: EvalResult) -> Table | None:
@@ -54,12 +105,13 @@ def trace_table(result: EvalResult) -> Table | None:
     if not benches:
         return None
     t = Table(title="reasoning traces (%; mean over items)")
-    t.add_column("benchmark")
+    _name_column(t, [result.results["benchmarks"][n].get("title") or n for n in benches])
     for a in AXES:
         for m in METRICS:
-            t.add_column(f"{AXIS_TITLES[a][:4]}. {METRIC_TITLES[m]}", justify="right")
+            t.add_column(f"{AXIS_TITLES[a][:4]}. {METRIC_TITLES[m]}", justify="right",
+                         overflow="fold")
     for col in ("trace", "95% CI", "answer acc.", "items", "unparsed %"):
-        t.add_column(col, justify="right")
+        t.add_column(col, justify="right", overflow="fold")
     for name, tr in benches.items():
         ts = tr["trace_score"]
         up = tr["unparsed_rate"]
@@ -126,10 +178,10 @@ def eval_command(targets: Sequence[str], overrides: Sequence[str] | None = None,
     cfg = load_eval_config(recipe, list(overrides or []))
     res = run_eval(cfg, out if out is not None else cfg.resolved_run_dir(),
                    progress=progress, log=lambda m: con.print(f"[dim]{m}[/dim]"))
-    con.print(results_table(res))
+    print_results(con, res)
     traces = trace_table(res)
     if traces is not None:
-        con.print(traces)
+        print_table(con, traces)
     con.print(f"results: {res.results_path}\nsamples: {res.samples_path}")
     if not res.complete:
         con.print("[yellow]some samples failed or were not sent (budget); re-run the same "
@@ -137,4 +189,4 @@ def eval_command(targets: Sequence[str], overrides: Sequence[str] | None = None,
     return res
 
 
-__all__ = ["eval_command", "results_table", "trace_table"]
+__all__ = ["eval_command", "print_results", "results_table", "trace_table"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import pyarrow as pa
 from medrecipe.config import GenerateConfig, TeacherConfig
 from medrecipe.errors import UserError
 from medrecipe.generate.backends import Backend
+from medrecipe.generate.checks import OutputChecks, check_warnings
 from medrecipe.generate.engine import Engine, EngineResult, GenRequest
 from medrecipe.prompts import PromptTemplate, load_template
 from medrecipe.schema import GENERATION_SCHEMA, Generation, items_from_table, to_table
@@ -18,6 +20,8 @@ from medrecipe.store import Run, StageResult
 
 if TYPE_CHECKING:
     from medrecipe.images import ImageStore
+
+log = logging.getLogger("medrecipe.generate")
 
 __all__ = ["build_requests", "engine_extra", "generate_items", "generate_stage", "route",
            "used_templates"]
@@ -65,11 +69,13 @@ def used_templates(items: pa.Table, teachers: Mapping[str, TeacherConfig],
 def generate_items(items: pa.Table, teachers: Mapping[str, TeacherConfig], config: GenerateConfig,
                    cache, images: ImageStore | None, write, *, progress: bool | None = None,
                    backends: Mapping[str, Backend] | None = None, budget_usd: float | None = None,
-                   description: str = "generate") -> tuple[EngineResult, dict[str, dict]]:
+                   description: str = "generate", checks: OutputChecks | None = None,
+                   ) -> tuple[EngineResult, dict[str, dict]]:
     """Run `config.n` samples per item through the engine, passing batches to `write`.
 
     `cache` is a RequestCache, or a folder / .sqlite path. Returns the engine's result and
-    the template of each teacher used ({teacher: {template, hash, origin}}).
+    the template of each teacher used ({teacher: {template, hash, origin}}). `checks`, when
+    given, counts every batch written (length cuts, identical samples).
     """
     templates = used_templates(items, teachers, config)
     info = {name: {"template": t.name, "hash": t.hash, "origin": t.origin}
@@ -77,13 +83,20 @@ def generate_items(items: pa.Table, teachers: Mapping[str, TeacherConfig], confi
     engine = Engine({k: teachers[k] for k in templates}, cache, images=images,
                     budget_usd=budget_usd, progress=progress, backends=backends,
                     description=description)
-    result = engine.run(build_requests(items, teachers, config, templates), sink=write,
+    sink = write
+    if checks is not None:
+        def sink(batch: list[Generation]) -> None:
+            checks.add(batch)
+            write(batch)
+
+    result = engine.run(build_requests(items, teachers, config, templates), sink=sink,
                         total=items.num_rows * config.n)
     return result, info
 
 
-def engine_extra(result: EngineResult, template_info: dict[str, dict] | None = None) -> dict:
-    """What the manifest keeps of one engine run."""
+def engine_extra(result: EngineResult, template_info: dict[str, dict] | None = None,
+                 checks: OutputChecks | None = None) -> dict:
+    """What the manifest keeps of one engine run (with `checks`: its `output_checks`)."""
     extra = {
         "spend_usd": round(result.spend_usd, 8),
         "cost_usd_total": round(result.cost_usd_total, 8),
@@ -94,6 +107,8 @@ def engine_extra(result: EngineResult, template_info: dict[str, dict] | None = N
         "stopped": result.stopped,
         "by_teacher": result.by_teacher,
     }
+    if checks is not None:
+        extra["output_checks"] = checks.counts()
     if template_info is not None:
         extra["template_hashes"] = template_info
     return extra
@@ -103,7 +118,12 @@ def generate_stage(items: pa.Table, teachers: Mapping[str, TeacherConfig], confi
                    run: Run, images: ImageStore | None, *, progress: bool | None = None,
                    backends: Mapping[str, Backend] | None = None,
                    output: str = "generations") -> StageResult:
-    """Sample `config.n` responses per item from its routed teacher; write `output` Parquet."""
+    """Sample `config.n` responses per item from its routed teacher; write `output` Parquet.
+
+    Length-cut responses and questions with identical samples are counted into the
+    result's `extra["output_checks"]`; past `config.warn`'s thresholds each is a warning
+    on the `medrecipe.generate` logger (stderr, and the run's log file when attached).
+    """
     # Load every template first: a bad template fails before any request is sent.
     templates = used_templates(items, teachers, config)
     known = dict(run.manifest.get("prompt_templates", {}))
@@ -111,13 +131,17 @@ def generate_stage(items: pa.Table, teachers: Mapping[str, TeacherConfig], confi
     run.set_meta(prompt_templates=known)
 
     cache_dir = Path(config.cache_dir) if config.cache_dir else run.root / "cache"
+    checks = OutputChecks(config.n)
     with run.writer(output, GENERATION_SCHEMA) as sink:
         def write(batch: list[Generation]) -> None:
             sink.write(to_table(batch, GENERATION_SCHEMA))
 
         result, info = generate_items(items, teachers, config, cache_dir, images, write,
                                       progress=progress, backends=backends,
-                                      budget_usd=config.budget_usd)
+                                      budget_usd=config.budget_usd, checks=checks)
         rows = sink.rows
+    extra = engine_extra(result, info, checks)
+    for line in check_warnings(extra["output_checks"], config.warn, config.n, teachers):
+        log.warning("generate: %s", line)
     return StageResult(rows={output: rows}, complete=result.complete and result.failures == 0,
-                       extra=engine_extra(result, info))
+                       extra=extra)

@@ -17,7 +17,7 @@ from medrecipe.config import ReportConfig
 from medrecipe.report.plots import make_plots
 from medrecipe.report.sample import round_robin
 from medrecipe.report.scan import fetch_rows
-from medrecipe.report.stats import RunScan, scan_run
+from medrecipe.report.stats import RunScan, generation_checks, scan_run
 from medrecipe.schema import LETTERS
 from medrecipe.store import Run
 
@@ -142,8 +142,9 @@ def rejected_examples(scan: RunScan, resolve: ImageResolver | None, cfg: ReportC
 
 def render_report(root: Path, stats: dict[str, Any], plots: dict[str, Path],
                   accepted: list[dict[str, Any]], rejected: list[dict[str, Any]],
-                  curate: dict[str, Any] | None = None) -> str:
-    """The HTML page as a string."""
+                  curate: dict[str, Any] | None = None,
+                  checks: dict[str, Any] | None = None) -> str:
+    """The HTML page as a string (`checks`: `stats.generation_checks` of the run)."""
     template = _env().get_template(TEMPLATE)
     if curate is not None:
         curate = {**curate, "plots": {k: data_uri_png(p) for k, p in curate["plots"].items()}}
@@ -156,6 +157,7 @@ def render_report(root: Path, stats: dict[str, Any], plots: dict[str, Path],
         accepted=accepted,
         rejected=rejected,
         curate=curate,
+        checks=checks,
     )
 
 
@@ -177,7 +179,8 @@ def write_report(run: Run | str | Path, out_dir: str | Path | None = None,
 
     html = render_report(run.root, scan.stats, plots, accepted_examples(scan, resolve, config),
                          rejected_examples(scan, resolve, config),
-                         curate=curate_report(run, resolve, config, out))
+                         curate=curate_report(run, resolve, config, out),
+                         checks=generation_checks(run.root, run.manifest))
     path = out / "report.html"
     atomic_write_text(path, html)
     return path

@@ -350,6 +350,61 @@ def _quarantine(files: list[Path] | None) -> dict[str, Any] | None:
             "by_source": _counts(sources)}
 
 
+def _run_recipe(root: Path) -> dict[str, Any]:
+    """The recipe a run was made with (its recipe.yaml, after overrides), or {}."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((root / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def generation_checks(root: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Length-cut responses and questions with identical samples, per teacher, with the
+    warnings the generate stage gives for them (thresholds: the run's `generate.warn`).
+
+    None when the generate stage has not recorded them (not run yet, or a run made by a
+    medrecipe before these checks).
+    """
+    from pydantic import ValidationError
+
+    from medrecipe.config import GenerateWarnings, TeacherConfig
+    from medrecipe.generate.checks import CHECK_COUNTS, check_warnings
+
+    rec = (manifest.get("stages") or {}).get("generate") or {}
+    checks = (rec.get("extra") or {}).get("output_checks")
+    if not checks:
+        return None
+    recipe = _run_recipe(root)
+    gen = recipe.get("generate") if isinstance(recipe.get("generate"), dict) else {}
+    try:
+        warn = GenerateWarnings.model_validate(gen.get("warn") or {})
+    except ValidationError:
+        warn = GenerateWarnings()
+    teachers: dict[str, TeacherConfig] = {}
+    for name, t in (recipe.get("teachers") or {}).items():
+        try:
+            teachers[name] = TeacherConfig.model_validate(t)
+        except ValidationError:
+            continue
+    n = int(gen.get("n") or 0)
+
+    def rates(c: dict[str, Any]) -> dict[str, Any]:
+        out = {k: int(c.get(k, 0)) for k in CHECK_COUNTS}
+        out["length_cut_rate"] = _rate(out["length_cut"], out["responses"])
+        out["identical_rate"] = _rate(out["identical_items"], out["sampled_items"])
+        return out
+
+    return {**rates(checks), "n": n,
+            "thresholds": {"length_cut": warn.length_cut,
+                           "identical_samples": warn.identical_samples},
+            "by_teacher": {t: rates(c) for t, c in sorted((checks.get("by_teacher")
+                                                            or {}).items())},
+            "warnings": check_warnings(checks, warn, n, teachers)}
+
+
 def scan_run(run: Run | str | Path, examples: int = 0) -> RunScan:
     """Statistics, length distributions and (with examples > 0) example candidates of a
     run directory, from one streamed pass over its tables."""
