@@ -184,3 +184,18 @@ def test_the_lf_python_comes_from_llamafactory_cli_on_path(tmp_path, monkeypatch
         find_llamafactory_python()
     with pytest.raises(UserError, match="not an executable"):
         find_llamafactory_python(tmp_path / "missing")
+
+
+def test_the_printed_train_command_follows_torchvision(tmp_path):
+    from medrecipe.train.lf_env import TRAIN_SCRIPT
+    from medrecipe.train.llamafactory_check import torchvision_imports, train_command
+
+    broken = _fake_python(tmp_path, "")  # stands in for `python -c 'import torchvision'`
+    broken.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(1)\n")
+    assert torchvision_imports(broken) is False
+    assert train_command("t.yaml", broken, False) == f"{broken} {TRAIN_SCRIPT} train t.yaml"
+    assert train_command("t.yaml", "/lf/bin/python", True) == "/lf/bin/llamafactory-cli train t.yaml"
+    assert train_command("t.yaml", None, None) == "llamafactory-cli train t.yaml"
+    assert torchvision_imports(sys.executable) == (
+        subprocess.run([sys.executable, "-c", "import torchvision"],
+                       capture_output=True).returncode == 0)

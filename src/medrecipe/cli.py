@@ -337,6 +337,7 @@ def train_llamafactory(
     from medrecipe.train.llamafactory_check import (
         find_llamafactory_python,
         run_check,
+        torchvision_imports,
         train_command,
     )
 
@@ -356,6 +357,8 @@ def train_llamafactory(
         if not result.ok:
             err_console.print(f"check failed: {len(result.problems)} problem(s) (log: {result.log})")
             raise typer.Exit(2)
+    elif python is not None:
+        torchvision = torchvision_imports(python)
     console.print(f"run: {train_command(yaml_path, python, torchvision)}", markup=False,
                   soft_wrap=True)
 

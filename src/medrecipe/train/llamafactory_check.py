@@ -185,6 +185,15 @@ def run_check(yaml_path: str | Path, python: str | Path, max_rows: int | None = 
     return CheckResult(report=report, problems=problems_of(report), log=log)
 
 
+def torchvision_imports(python: str | Path) -> bool:
+    """Whether torchvision imports in that environment (an installed, broken one does not)."""
+    try:
+        return subprocess.run([str(python), "-c", "import torchvision"], capture_output=True,
+                              timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def train_command(yaml_path: str | Path, python: str | Path | None,
                   torchvision: bool | None) -> str:
     """The command that trains on `yaml_path` in the LLaMA-Factory environment."""
