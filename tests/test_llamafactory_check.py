@@ -199,3 +199,31 @@ def test_the_printed_train_command_follows_torchvision(tmp_path):
     assert torchvision_imports(sys.executable) == (
         subprocess.run([sys.executable, "-c", "import torchvision"],
                        capture_output=True).returncode == 0)
+
+
+def test_offline_processor_lets_stock_autoprocessor_load_a_saved_qwen_folder(tiny_vlm):
+    """What lf_train.py / lf_check.py do before LLaMA-Factory loads the processor (run in a
+    fresh interpreter: the patch is process-wide)."""
+    from medrecipe.train.lf_env import FOLDER
+
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); import offline_processor as o\n"
+        "patched = o.install()\n"
+        "from transformers import AutoProcessor\n"
+        "p = AutoProcessor.from_pretrained(sys.argv[2])\n"
+        "enc = p(text=['<|vision_start|><|image_pad|><|vision_end|>x'], "
+        "images=[__import__('PIL.Image').Image.new('RGB', (56, 56))])\n"
+        "print(json.dumps({'torchvision': o.torchvision_works(), 'patched': patched, "
+        "'cls': type(p).__name__, 'video': getattr(p, 'video_processor', None) is not None, "
+        "'grid': enc['image_grid_thw'].tolist()}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(FOLDER), str(tiny_vlm)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if out["torchvision"]:
+        assert out["patched"] == []  # nothing changed where torchvision works
+    else:
+        assert "Qwen2_5_VLProcessor" in out["patched"]
+        assert out["cls"] == "Qwen2_5_VLProcessor" and out["video"] is False
+    assert out["grid"] == [[1, 4, 4]]
