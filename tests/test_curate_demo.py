@@ -204,5 +204,6 @@ def test_curate_demo_exports_sft_data_and_a_grpo_set_without_the_benchmark(demo)
     assert {x["item_id"] for x in grpo if x["source"] == "demo_figures"} == \
         {i for i, s in by_item.items() if s == "grpo"}
     assert not {x["item_id"] for x in grpo} & {x["item_id"] for x in sft}
-    assert all(x["answer"] and x["images"] and Path(x["images"][0]).is_file() for x in grpo)
+    grpo_dir = run / "grpo" / "jsonl"  # JSONL image paths are relative to the file's folder
+    assert all(x["answer"] and x["images"] and (grpo_dir / x["images"][0]).is_file() for x in grpo)
     assert "<answer></answer>" in grpo[0]["messages"][0]["content"]  # the GRPO instruction

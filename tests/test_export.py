@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 
 import pyarrow as pa
 import pytest
@@ -34,7 +36,12 @@ def png(color, size=(40, 32)) -> bytes:
 @pytest.fixture
 def selection(tmp_path):
     """A selection with a one-image, a two-image and a text-only question, plus its store."""
-    store = ImageStore(tmp_path / "images")
+    return make_selection(tmp_path / "images")
+
+
+def make_selection(store_root):
+    """The `selection` fixture's table, with its image store at `store_root`."""
+    store = ImageStore(store_root)
     red, blue = store.put_bytes(png((200, 0, 0))), store.put_bytes(png((0, 0, 200), (28, 56)))
     items = [
         Item(id="img1", source="bcss", task="mm_classification", question="Which tissue is shown?",
@@ -88,7 +95,9 @@ def test_llamafactory_export_matches_documented_layout(selection, tmp_path):
     assert user.count("<image>") == 2  # the literal tag in the question was defused
     assert "A. Same\nB. Different" in user
     assert two["messages"][2]["content"].endswith("\\boxed{B: Different}")
-    assert all(p.startswith("/") and p.endswith(".png") for p in two["images"])
+    # relative to the dataset folder (the default), as LLaMA-Factory resolves them
+    assert all(p.startswith("../../images/") and p.endswith(".png") for p in two["images"])
+    assert all((lf / p).is_file() for p in two["images"])
     val = json.loads((lf / "med_val.json").read_text())
     assert val[0]["images"] == [] and "<image>" not in val[0]["messages"][1]["content"]
 
@@ -188,3 +197,82 @@ def test_trl_export_overwrites_a_previous_export(selection, tmp_path):
     dd = datasets.load_from_disk(str(paths["trl"]))
     assert set(dd) == {"train"}
     assert dd["train"][0]["images"][0].size in ((40, 32), (28, 56))  # decoded from the path
+
+
+# --------------------------------------------------------------------------- moved exports
+
+
+def _lf_resolve(dataset_dir, path):
+    """LLaMA-Factory's rule: a media path is joined to media_dir (default: dataset_dir)."""
+    return os.path.join(dataset_dir, path)
+
+
+def _sizes_by_item(records, open_image):
+    return {r["item"]: sorted(open_image(p).size for p in r["images"]) for r in records}
+
+
+def _loads_everywhere(export_dir):
+    """Image sizes per item, as the LLaMA-Factory, JSONL and TRL exports at `export_dir` give them."""
+    datasets = pytest.importorskip("datasets")
+    lf = export_dir / "llamafactory"
+    assert validate_llamafactory(lf) == []
+    lf_rows = []
+    for r in json.loads((lf / "medrecipe_train.json").read_text()):
+        assert all(not os.path.isabs(p) for p in r["images"])
+        paths = [_lf_resolve(lf, p) for p in r["images"]]
+        assert all(os.path.isfile(p) for p in paths)
+        lf_rows.append({"item": r["messages"][0]["content"][:30], "images": paths})
+    jl = export_dir / "jsonl" / "medrecipe_train.jsonl"
+    jl_rows = []
+    for line in jl.read_text().splitlines():
+        r = json.loads(line)
+        assert all(not os.path.isabs(p) for p in r["images"])
+        jl_rows.append({"item": r["item_id"], "images": [jl.parent / p for p in r["images"]]})
+    dd = datasets.load_from_disk(str(export_dir / "trl"))
+    trl = {r["item_id"]: sorted(im.size for im in r["images"]) for r in dd["train"]}
+    return (sorted(_sizes_by_item(lf_rows, Image.open).values()),
+            _sizes_by_item(jl_rows, Image.open), trl)
+
+
+EXPECTED_SIZES = {"img1": [(40, 32)], "img2": [(28, 56), (40, 32)]}
+
+
+def test_relative_export_loads_after_the_run_folder_moves(tmp_path):
+    run = tmp_path / "run"
+    table, store = make_selection(run / "images")
+    export(table, run / "export", store, ExportConfig())  # images: relative is the default
+    moved = tmp_path / "elsewhere" / "run2"
+    moved.parent.mkdir()
+    shutil.move(str(run), str(moved))
+    assert not run.exists()
+    lf, jl, trl = _loads_everywhere(moved / "export")
+    assert lf == sorted(EXPECTED_SIZES.values())
+    assert jl == EXPECTED_SIZES and trl == EXPECTED_SIZES
+
+
+def test_copy_export_folder_alone_moves_and_loads(tmp_path):
+    run = tmp_path / "run"
+    table, store = make_selection(run / "images")
+    export(table, run / "export", store, ExportConfig(images="copy"))
+    copies = sorted(p for p in (run / "export" / "images").rglob("*") if p.is_file())
+    assert len(copies) == 2  # red and blue, each once although used by several rows
+    moved = tmp_path / "elsewhere" / "export"
+    moved.parent.mkdir()
+    shutil.move(str(run / "export"), str(moved))
+    shutil.rmtree(run)  # the run folder and its image store are gone
+    lf, jl, trl = _loads_everywhere(moved)
+    assert lf == sorted(EXPECTED_SIZES.values())
+    assert jl == EXPECTED_SIZES and trl == EXPECTED_SIZES
+    lf_rec = json.loads((moved / "llamafactory" / "medrecipe_train.json").read_text())
+    assert all(p.startswith("../images/") for r in lf_rec for p in r["images"])
+
+
+def test_absolute_export_writes_absolute_paths(selection, tmp_path):
+    table, store = selection
+    paths = export(table, tmp_path / "e", store,
+                   ExportConfig(formats=["llamafactory", "jsonl"], images="absolute"))
+    recs = json.loads(paths["llamafactory_train"].read_text())
+    jl = [json.loads(line) for line in paths["jsonl_train"].read_text().splitlines()]
+    for r in recs + jl:
+        assert all(os.path.isabs(p) and os.path.isfile(p) for p in r["images"])
+    assert any(r["images"] for r in recs)

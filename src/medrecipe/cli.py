@@ -347,12 +347,75 @@ def train_grpo(config: ConfigArg, override: Overrides = None) -> None:
 
 
 @train_app.command("llamafactory")
-def train_llamafactory(config: ConfigArg, override: Overrides = None) -> None:
+def train_llamafactory(
+    config: ConfigArg,
+    override: Overrides = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Load the export with LLaMA-Factory's own loader in its environment "
+        "and report rows, images found / missing, <image> tags matched and the template.")] = False,
+    lf_python: Annotated[Path | None, typer.Option(
+        "--llamafactory-python", help="Python of the LLaMA-Factory environment "
+        "(default: the one llamafactory-cli on PATH runs).")] = None,
+    max_rows: Annotated[int | None, typer.Option(
+        "--max-rows", min=1, help="--check: only the first N rows of each dataset.")] = None,
+) -> None:
     """Write a LLaMA-Factory training YAML and the dataset_info.json entry for the export."""
-    from medrecipe.train import load_llamafactory_config, write_llamafactory
+    from medrecipe.train import load_llamafactory_config
+    from medrecipe.train.llamafactory import plan_llamafactory, write_llamafactory
+    from medrecipe.train.llamafactory_check import (
+        find_llamafactory_python,
+        run_check,
+        torchvision_imports,
+        train_command,
+    )
 
-    yaml_path, info_path = write_llamafactory(load_llamafactory_config(config, override or []))
-    console.print(f"wrote {yaml_path} and {info_path}\nrun: llamafactory-cli train {yaml_path}")
+    cfg = load_llamafactory_config(config, override or [])
+    plan = plan_llamafactory(cfg)
+    yaml_path, info_path = write_llamafactory(cfg, plan)
+    console.print(f"wrote {yaml_path} and {info_path}", soft_wrap=True)
+    for note in plan.notes:
+        console.print(f"  {note}", markup=False, soft_wrap=True)
+    python = find_llamafactory_python(lf_python) if (check or lf_python) else None
+    torchvision = None
+    if check:
+        console.print(f"checking with LLaMA-Factory in {python} ...")
+        result = run_check(yaml_path, python, max_rows=max_rows)
+        print_lf_check(result)
+        torchvision = result.report.torchvision if result.report else None
+        if not result.ok:
+            err_console.print(f"check failed: {len(result.problems)} problem(s) (log: {result.log})")
+            raise typer.Exit(2)
+    elif python is not None:
+        torchvision = torchvision_imports(python)
+    console.print(f"run: {train_command(yaml_path, python, torchvision)}", markup=False,
+                  soft_wrap=True)
+
+
+def print_lf_check(result) -> None:
+    """The --check report: per dataset counts, template, processor, problems."""
+    r = result.report
+    if r is not None:
+        table = Table(title="LLaMA-Factory dataset check", show_lines=False)
+        for col in ("dataset", "rows", "with images", "images found", "missing", "tag mismatches"):
+            table.add_column(col, justify="left" if col == "dataset" else "right")
+        for name, c in r.datasets.items():
+            table.add_row(name, str(c.rows), str(c.rows_with_images), str(c.images_found),
+                          str(c.images_missing), str(c.tag_mismatches))
+        console.print(table)
+        versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
+        console.print(f"template: {r.template} (mm_plugin {r.mm_plugin}, image token "
+                      f"{r.image_token}); {versions}", markup=False)
+        proc = r.processor or f"none ({r.processor_error})"
+        if r.processor_offline:
+            proc += " without a video processor (torchvision does not import there)"
+        console.print(f"processor: {proc}", markup=False)
+        if r.tokenized_rows is not None:
+            console.print(f"preprocessed rows: {r.tokenized_rows} ({r.rows_with_image_tokens} with "
+                          "image tokens)")
+    for p in result.problems:
+        err_console.print(f"  problem: {p}", markup=False, soft_wrap=True)
+    if result.ok:
+        console.print("check passed")
 
 
 def print_ingest_table(run) -> None:

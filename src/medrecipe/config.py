@@ -357,6 +357,10 @@ class ExportConfig(_Model):
     system_prompt: str | None = None
     instruction: str | None = None  # appended to every user prompt, after the options
     embed_images: bool = True  # TRL export: store image bytes in the dataset (else paths)
+    # How LLaMA-Factory and JSONL files name images: "relative" (default) to the file's folder,
+    # so moving the run folder keeps them valid; "copy": images copied into <export>/images/
+    # and named relative to it, so the export folder alone can be moved; "absolute" paths.
+    images: Literal["relative", "copy", "absolute"] = "relative"
 
 
 class ReportConfig(_Model):

@@ -4,13 +4,24 @@ Layout under the output folder (``<name>`` is ``ExportConfig.dataset_name``; a `
 or split exists only when the selection has validation rows):
 
     llamafactory/dataset_info.json       entries "<name>" and "<name>_val"
-    llamafactory/<name>_train.json       sharegpt records: messages + images (absolute paths)
+    llamafactory/<name>_train.json       sharegpt records: messages + images (paths, see below)
     llamafactory/<name>_val.json
     trl/                                 datasets.DatasetDict (save_to_disk): train, validation
     trl_parquet/train.parquet            the same splits as Parquet (loadable with datasets)
     trl_parquet/validation.parquet
     jsonl/<name>_train.jsonl             one self-describing JSON object per example
     jsonl/<name>_val.jsonl
+    images/                              only with ``images: copy``: the images the files name
+
+Image paths in the LLaMA-Factory and JSONL files follow ``ExportConfig.images``:
+``relative`` (default) writes them relative to the folder of the file that names them
+(LLaMA-Factory joins a relative media path to ``media_dir``, which defaults to
+``dataset_dir``, the folder of dataset_info.json), so the export keeps working when the run
+folder is moved or copied whole; ``copy`` copies the images into ``images/`` of the export
+and names them relative too, so the export folder alone can be moved; ``absolute`` writes
+absolute paths. The TRL export embeds image bytes (``embed_images``, default true) and so
+loads wherever it is moved; with ``embed_images: false`` it stores absolute paths, because
+``datasets`` opens a relative path from the current directory, not from the dataset.
 
 LLaMA-Factory records follow its documented multimodal sharegpt layout with OpenAI-style
 tags: ``{"messages": [{"role": "system"?}, {"role": "user", "content": "<image>..."},
@@ -61,6 +72,7 @@ LF_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
            "assistant_tag": "assistant", "system_tag": "system"}
 
 ImageResolver = Callable[[str], Path]
+IMAGES_DIR = "images"  # under the export folder, with ``images: copy``
 
 
 class ExportError(UserError):
@@ -125,6 +137,56 @@ def make_resolver(image_store: Any) -> ImageResolver | None:
     return lambda ref: Path(image_store.path(ref)).resolve()
 
 
+def _store_root(image_store: Any) -> Path | None:
+    if isinstance(image_store, (str, os.PathLike)):
+        return Path(image_store).resolve()
+    root = getattr(image_store, "root", None)
+    return Path(root).resolve() if root is not None else None
+
+
+class ImagePlacer:
+    """Where an exported file says an image is, by ``ExportConfig.images``.
+
+    Paths are computed against the export's final folder (not the staging folder it is
+    written in; both are siblings, so nothing else changes). With ``copy`` each image is copied
+    (hard-linked where the file system allows; store files are never modified in place) into
+    ``<stage>/images/`` once, under its path in the image store.
+    """
+
+    def __init__(self, mode: str, stage: Path, final: Path, store_root: Path | None):
+        self.mode, self.stage, self.final = mode, stage, final.resolve()
+        self.store_root = store_root
+        self._copied: set[str] = set()
+
+    def _copy_name(self, p: Path) -> str:
+        if self.store_root is not None and p.is_relative_to(self.store_root):
+            return p.relative_to(self.store_root).as_posix()
+        # not from the store: a short hash of the source path keeps equal names apart
+        return f"other/{hashlib.sha256(str(p).encode()).hexdigest()[:16]}/{p.name}"
+
+    def place(self, p: Path) -> Path:
+        """The image's absolute path once the export is in place (its copy, with ``copy``)."""
+        if self.mode != "copy":
+            return p
+        name = self._copy_name(p)
+        if name not in self._copied:
+            dest = self.stage / IMAGES_DIR / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(p, dest)
+            except OSError:
+                shutil.copy2(p, dest)
+            self._copied.add(name)
+        return self.final / IMAGES_DIR / name
+
+    def ref(self, p: Path, folder: str) -> str:
+        """The path string written in a file of export folder `folder` (e.g. "llamafactory")."""
+        placed = self.place(p)
+        if self.mode == "absolute":
+            return str(placed)
+        return Path(os.path.relpath(placed, self.final / folder)).as_posix()
+
+
 def defuse_media_tokens(text: str) -> str:
     """Rewrite literal media placeholders so trainers do not count them as images."""
     return _MEDIA_TOKEN.sub(lambda m: f"[{m.group(1) or m.group(2)}]", text)
@@ -166,14 +228,19 @@ def _examples(rows: Rows, resolve: ImageResolver | None, config: ExportConfig
 # --------------------------------------------------------------------------- LLaMA-Factory
 
 
-def llamafactory_record(ex: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
-    """One sharegpt record (OpenAI tags) with one <image> token per image."""
+def llamafactory_record(ex: dict[str, Any], system_prompt: str | None,
+                       images: list[str] | None = None) -> dict[str, Any]:
+    """One sharegpt record (OpenAI tags) with one <image> token per image.
+
+    `images` are the path strings to write (default: the resolved absolute paths)."""
     messages = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     messages.append({"role": "user", "content": IMAGE_TOKEN * len(ex["image_paths"]) + ex["prompt"]})
     messages.append({"role": "assistant", "content": ex["response"]})
-    return {"messages": messages, "images": [str(p) for p in ex["image_paths"]]}
+    if images is None:
+        images = [str(p) for p in ex["image_paths"]]
+    return {"messages": messages, "images": images}
 
 
 def llamafactory_entry(file_name: str) -> dict[str, Any]:
@@ -219,8 +286,13 @@ def _write_json_array(path: Path, records: Iterable[Any]) -> None:
 
 
 def export_llamafactory(splits: dict[str, Rows], out: Path, resolve: ImageResolver | None,
-                        config: ExportConfig) -> dict[str, Path]:
+                        config: ExportConfig, placer: ImagePlacer | None = None
+                        ) -> dict[str, Path]:
     """Write sharegpt JSON files and register them in out/dataset_info.json."""
+    def images(ex: dict[str, Any]) -> list[str] | None:
+        return None if placer is None else [placer.ref(p, "llamafactory")
+                                            for p in ex["image_paths"]]
+
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / "dataset_info.json"
     info: dict[str, Any] = {}
@@ -237,7 +309,7 @@ def export_llamafactory(splits: dict[str, Rows], out: Path, resolve: ImageResolv
         if split != "train" and table.num_rows == 0:
             continue
         fname = f"{name}_{split}.json"
-        _write_json_array(out / fname, (llamafactory_record(ex, config.system_prompt)
+        _write_json_array(out / fname, (llamafactory_record(ex, config.system_prompt, images(ex))
                                          for ex in _examples(table, resolve, config)))
         info[name if split == "train" else f"{name}_{split}"] = llamafactory_entry(fname)
         paths[f"llamafactory_{split}"] = out / fname
@@ -375,8 +447,9 @@ def trl_features() -> Any:
     })
 
 
-def trl_row(ex: dict[str, Any], system_prompt: str | None, embed: bool) -> dict[str, Any]:
-    """One TRL row: typed content parts plus the images column."""
+def trl_row(ex: dict[str, Any], system_prompt: str | None, embed: bool,
+            placer: ImagePlacer | None = None) -> dict[str, Any]:
+    """One TRL row: typed content parts plus the images column (bytes, or absolute paths)."""
     messages = []
     if system_prompt:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
@@ -384,7 +457,10 @@ def trl_row(ex: dict[str, Any], system_prompt: str | None, embed: bool) -> dict[
     user.append({"type": "text", "text": ex["prompt"]})
     messages.append({"role": "user", "content": user})
     messages.append({"role": "assistant", "content": [{"type": "text", "text": ex["response"]}]})
-    images = [{"bytes": p.read_bytes() if embed else None, "path": p.name if embed else str(p)}
+    # datasets opens a relative path from the current directory, so unembedded images keep
+    # absolute paths (of the copy, with images: copy)
+    images = [{"bytes": p.read_bytes(), "path": p.name} if embed
+              else {"bytes": None, "path": str(placer.place(p) if placer else p)}
               for p in ex["image_paths"]]
     return {"id": ex["id"], "item_id": ex["item_id"], "source": ex["source"], "task": ex["task"],
             "teacher": ex.get("teacher") or "", "messages": messages, "images": images}
@@ -460,7 +536,7 @@ class _ArrowShards:
 
 def _write_trl_split(table: Rows, path: Path, arrow_dir: Path, resolve: ImageResolver | None,
                      config: ExportConfig, features: Any, layout: tuple, split: str,
-                     chunk: int = 256) -> int:
+                     placer: ImagePlacer | None = None, chunk: int = 256) -> int:
     """One split of the TRL export: Parquet and save_to_disk Arrow files from one stream."""
     schema = features.arrow_schema
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -471,7 +547,7 @@ def _write_trl_split(table: Rows, path: Path, arrow_dir: Path, resolve: ImageRes
     try:
         batch: list[dict[str, Any]] = []
         for ex in _examples(table, resolve, config):
-            batch.append(trl_row(ex, config.system_prompt, config.embed_images))
+            batch.append(trl_row(ex, config.system_prompt, config.embed_images, placer))
             if len(batch) >= chunk:
                 n += _flush((writer, arrow), batch, features, schema)
         n += _flush((writer, arrow), batch, features, schema)
@@ -501,7 +577,8 @@ def _flush(writers: tuple[pq.ParquetWriter, _ArrowShards], batch: list[dict[str,
 
 
 def export_trl(splits: dict[str, Rows], out: Path, parquet_out: Path,
-               resolve: ImageResolver | None, config: ExportConfig) -> dict[str, Path]:
+               resolve: ImageResolver | None, config: ExportConfig,
+               placer: ImagePlacer | None = None) -> dict[str, Path]:
     """Parquet per split and a DatasetDict folder (`datasets.load_from_disk`), both streamed.
 
     The DatasetDict is written in the layout `datasets.save_to_disk` produces (Arrow stream
@@ -519,7 +596,8 @@ def export_trl(splits: dict[str, Rows], out: Path, parquet_out: Path,
             continue
         hf_split = "validation" if split == "val" else split
         p = parquet_out / f"{hf_split}.parquet"
-        _write_trl_split(table, p, out / hf_split, resolve, config, features, layout, hf_split)
+        _write_trl_split(table, p, out / hf_split, resolve, config, features, layout, hf_split,
+                         placer)
         names.append(hf_split)
         paths[f"trl_parquet_{split}"] = p
     (out / "dataset_dict.json").write_text(json.dumps({"splits": names}))
@@ -530,8 +608,10 @@ def export_trl(splits: dict[str, Rows], out: Path, parquet_out: Path,
 # --------------------------------------------------------------------------- JSONL
 
 
-def jsonl_record(ex: dict[str, Any], system_prompt: str | None) -> dict[str, Any]:
-    """A self-describing JSON object: provenance, the chat and absolute image paths."""
+def jsonl_record(ex: dict[str, Any], system_prompt: str | None,
+                 images: list[str] | None = None) -> dict[str, Any]:
+    """A self-describing JSON object: provenance, the chat and image paths (`images`, default
+    the resolved absolute paths)."""
     messages = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
@@ -542,21 +622,25 @@ def jsonl_record(ex: dict[str, Any], system_prompt: str | None) -> dict[str, Any
             "target_format")
     rec = {k: ex.get(k) for k in keep}
     rec["image_refs"] = list(ex.get("images") or [])
-    rec["images"] = [str(p) for p in ex["image_paths"]]
+    rec["images"] = images if images is not None else [str(p) for p in ex["image_paths"]]
     rec["messages"] = messages
     return rec
 
 
 def export_jsonl(splits: dict[str, Rows], out: Path, resolve: ImageResolver | None,
-                 config: ExportConfig) -> dict[str, Path]:
+                 config: ExportConfig, placer: ImagePlacer | None = None) -> dict[str, Path]:
     """One JSON object per line per split."""
+    def images(ex: dict[str, Any]) -> list[str] | None:
+        return None if placer is None else [placer.ref(p, "jsonl") for p in ex["image_paths"]]
+
     paths = {}
     for split, table in splits.items():
         if split != "train" and table.num_rows == 0:
             continue
         p = out / f"{config.dataset_name}_{split}.jsonl"
-        _write_lines(p, (json.dumps(jsonl_record(ex, config.system_prompt), ensure_ascii=False)
-                         + "\n" for ex in _examples(table, resolve, config)))
+        _write_lines(p, (json.dumps(jsonl_record(ex, config.system_prompt, images(ex)),
+                                    ensure_ascii=False) + "\n"
+                         for ex in _examples(table, resolve, config)))
         paths[f"jsonl_{split}"] = p
     return paths
 
@@ -570,7 +654,8 @@ def export(selected: SelectResult | Mapping[str, pa.Table] | pa.Table, out_dir: 
 
     `selected` is a SelectResult, a {"train": table, "val": table} mapping or one table
     with a "split" column (SELECTED_SCHEMA). `image_store` is an ImageStore, its folder,
-    a callable ref -> path, or None when no example has images.
+    a callable ref -> path, or None when no example has images. `config.images` says how
+    files name images (relative to their folder, copied into the export, or absolute).
 
     Everything is written into a staging folder beside `out_dir`, which then replaces
     `out_dir` by rename: a crash or Ctrl-C at any moment leaves the previous export (or,
@@ -591,18 +676,19 @@ def export(selected: SelectResult | Mapping[str, pa.Table] | pa.Table, out_dir: 
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     empty = all(t.num_rows == 0 for t in splits.values())
+    placer = ImagePlacer(config.images, stage, out, _store_root(image_store))
     written: dict[str, Path] = {}
     try:
         _carry_user_files(out / "llamafactory", stage / "llamafactory", config.dataset_name)
         for fmt in dict.fromkeys(config.formats):
             if fmt == "llamafactory":
                 written.update(export_llamafactory(splits, stage / "llamafactory", resolve,
-                                                   config))
+                                                   config, placer))
             elif fmt == "trl" and not empty:
                 written.update(export_trl(splits, stage / "trl", stage / "trl_parquet", resolve,
-                                          config))
+                                          config, placer))
             elif fmt == "jsonl":
-                written.update(export_jsonl(splits, stage / "jsonl", resolve, config))
+                written.update(export_jsonl(splits, stage / "jsonl", resolve, config, placer))
         _swap_in(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

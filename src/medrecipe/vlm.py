@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medrecipe.errors import UserError
+from medrecipe.train.lf_env import offline_processor
 
 try:  # transformers is an optional ("train") dependency
     from transformers import AutoProcessor
@@ -160,43 +161,23 @@ for _config_cls, _proc_cls in (
 
 
 def torchvision_available() -> bool:
-    """Whether torchvision imports here (transformers' video processors need it)."""
-    from transformers.utils import is_torchvision_available
-
-    return bool(is_torchvision_available())
-
-
-_HOOK_INSTALLED = False
+    """Whether torchvision imports here (an installed but broken build counts as missing)."""
+    return offline_processor.torchvision_works()
 
 
 def allow_missing_video_processor() -> bool:
     """Let stock ``AutoProcessor`` load Qwen-VL folders when torchvision is missing.
 
     A saved folder names the stock processor class (``Qwen2_5_VLProcessor``), whose video
-    processor needs torchvision. Where torchvision does not import, this makes
-    ``AutoProcessor`` resolve those class names to the ``Offline*`` subclasses (images and
-    text; videos are refused), so code that loads a processor by name (``transformers
-    serve``, TRL, a user's script) works. Where torchvision imports it does nothing and the
-    stock classes load. Returns whether the hook is active.
+    processor needs torchvision. Where torchvision does not import, ``AutoProcessor``
+    resolves those names to the ``Offline*`` classes above (images and text; videos are
+    refused), so code that loads a processor by name (``transformers serve``, TRL, a user's
+    script) works. Where torchvision imports nothing changes. The patch itself lives in
+    ``train/lf_env/offline_processor.py``, which LLaMA-Factory's environment runs without
+    medrecipe. Returns whether the hook is active.
     """
-    global _HOOK_INSTALLED
-    if _HOOK_INSTALLED:
-        return True
-    if torchvision_available():
-        return False
-    from transformers.models.auto import processing_auto
-
-    offline = {
-        _STOCK_NAMES[model_type][0]: cls for model_type, cls in OFFLINE_PROCESSORS.items()
-    }
-    original = processing_auto.processor_class_from_name
-
-    def processor_class_from_name(class_name: str):
-        return offline.get(class_name) or original(class_name)
-
-    processing_auto.processor_class_from_name = processor_class_from_name
-    _HOOK_INSTALLED = True
-    return True
+    classes = {_STOCK_NAMES[t][0]: cls for t, cls in OFFLINE_PROCESSORS.items()}
+    return bool(offline_processor.install(classes))
 
 
 allow_missing_video_processor()

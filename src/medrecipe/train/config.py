@@ -220,9 +220,12 @@ class LlamaFactoryConfig(_Model):
     preset: Literal["octomed", "openmedreason_lora"] | None = "octomed"
     model: str = Field(description="model_name_or_path for LLaMA-Factory")
     dataset_dir: str = Field(description="folder holding the sharegpt export and dataset_info.json")
-    dataset_name: str = "medrecipe"
+    dataset_name: str | None = Field(
+        default=None,
+        description="dataset_info.json entry to train on (default: the one export entry there)",
+    )
     dataset_file: str | None = Field(
-        default=None, description="export file inside dataset_dir (default: <dataset_name>.json)"
+        default=None, description="export file inside dataset_dir (default: <dataset_name>_train.json)"
     )
     output_dir: str = Field(description="where llamafactory-cli writes checkpoints")
     config_path: str | None = Field(
@@ -241,11 +244,17 @@ class LlamaFactoryConfig(_Model):
     epochs: float | None = None
     effective_batch_size: int | None = None
     per_device_batch_size: int = Field(default=1, ge=1)
-    num_gpus: int = Field(default=8, ge=1)
+    num_gpus: int | None = Field(
+        default=None, ge=1, description="default: torch.cuda.device_count() here (1 without CUDA)"
+    )
     cutoff_len: int = Field(default=8192, ge=16)
     image_max_pixels: int = Field(default=262144, ge=784)
     image_min_pixels: int | None = None
-    bf16: bool = True
+    bf16: bool | None = Field(default=None, description="default: whether CUDA here supports bf16")
+    preprocessing_workers: int | None = Field(
+        default=None, ge=1, description="default: min(16, os.cpu_count())"
+    )
+    trust_remote_code: bool = False
     deepspeed: str | None = Field(default=None, description="path of a DeepSpeed config, if any")
     logging_steps: int = 10
     save_steps: int = 500
