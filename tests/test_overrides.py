@@ -111,7 +111,7 @@ def test_union_fields_pick_the_member_the_text_fits(tmp_path):
 
 @pytest.mark.parametrize("override, expected", [
     ("bf16=maybe", r"bf16: override 'bf16=maybe': expected a boolean \(true/false, yes/no"),
-    ("num_gpus=four", r"num_gpus: override 'num_gpus=four': expected an integer, got 'four'"),
+    ("num_gpus=four", r"num_gpus: override 'num_gpus=four': expected an integer or null, got 'four'"),
     ("lora.r=[1]", r"lora\.r: override 'lora\.r=\[1\]': expected an integer"),
     ("preset=huge", r"preset: .*expected one of 'octomed', 'openmedreason_lora' or null"),
     ("lora.target_modules=[a, [b]", r"lora\.target_modules: .*not a valid YAML .*flow"),
