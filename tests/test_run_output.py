@@ -43,6 +43,19 @@ def test_demo_lands_in_the_current_directory_and_reruns_without_stale_seconds(tm
     ok = CliRunner().invoke(app, ["validate", str(packaged_recipe("demo"))])
     assert f"run directory {tmp_path / 'runs' / 'demo'}" in ok.output
 
+    # The ingest table keeps every header and role whole on an 80-column terminal.
+    import medrecipe.cli as cli
+    from medrecipe.store import Run
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buf, width=80, force_terminal=True,
+                                                color_system=None))
+    cli.print_ingest_table(Run(tmp_path / "runs" / "demo", create=False))
+    table = buf.getvalue()
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
+    for word in ("mm_reas", "mm_cls", "quar.", "benchmark", "demo_classification"):
+        assert word in table
+
 
 def test_a_run_that_selects_nothing_says_so_instead_of_an_empty_exports_heading(tmp_path):
     out = CliRunner().invoke(app, [

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
-from medrecipe.console import console, err_console
+from medrecipe.console import console, err_console, print_table
 from medrecipe.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -424,10 +425,12 @@ def print_ingest_table(run) -> None:
 
     counts, tasks = ingest_counts(run)
     short = {"mm_reasoning": "mm_reas", "mm_classification": "mm_cls", "open_vqa": "vqa"}
-    t = Table(title="ingested items", caption="mm_reas = mm_reasoning, mm_cls = "
-              "mm_classification, vqa = open_vqa; quar. = rows quarantined")
+    # No vertical rules: the table then fits an 80-column terminal with whole headers.
+    t = Table(title="ingested items", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+              caption="mm_reas = mm_reasoning, mm_cls = mm_classification, vqa = open_vqa; "
+              "quar. = quarantined")
     t.add_column("source", no_wrap=True)
-    t.add_column("role", max_width=9, overflow="ellipsis")
+    t.add_column("role", no_wrap=True)
     for task in tasks:  # short headers so the table fits an 80-column terminal
         t.add_column(short.get(task, task), justify="right", no_wrap=True)
     t.add_column("total", justify="right", no_wrap=True)
@@ -435,7 +438,7 @@ def print_ingest_table(run) -> None:
     for src, row in counts.items():
         t.add_row(src, row["role"], *[str(row["tasks"].get(k, 0)) for k in tasks],
                   str(row["total"]), str(row["quarantined"]))
-    console.print(t)
+    print_table(console, t)
 
 
 # --------------------------------------------------------------------------- entry point
