@@ -2,8 +2,8 @@
 
 Two problems cost a whole run and are silent in the numbers of requests and spend:
 
-* responses cut at the token limit (``finish_reason == "length"``): their thinking never
-  closes, so grading marks them unterminated and selection rejects them;
+* responses cut at the token limit (``finish_reason == "length"``): they usually end before
+  the final answer or inside the thinking, so selection rarely keeps them;
 * questions whose n samples (n > 1) all came back identical: the server ignores the
   sampling parameters (temperature, top_p, seed) or `n`, so rejection sampling has one
   trace per question, not n.
@@ -128,8 +128,8 @@ def check_warnings(checks: Mapping[str, Any] | None, warn: GenerateWarnings, n: 
             limit = f" (now {cfg.sampling.max_tokens})" if cfg is not None else ""
             out.append(
                 f"teacher {name!r}: {cut} of {resp} responses ({100 * cut / resp:.1f}%) were cut "
-                f"at the token limit (finish_reason=length); their thinking never closes, so "
-                f"grading marks them unterminated and selection rejects them. Raise "
+                f"at the token limit (finish_reason=length); a cut response usually ends before "
+                f"its final answer or inside its thinking, so selection rarely keeps it. Raise "
                 f"teachers.{name}.sampling.max_tokens{limit}; the next run then asks this "
                 f"teacher again (max_tokens is part of the request cache key)")
         same, items = int(c.get("identical_items", 0)), int(c.get("sampled_items", 0))
