@@ -87,6 +87,28 @@ def test_forced_end_closes_unfinished_thinking_and_asks_for_the_answer(tmp_path)
     assert bench["unterminated_rate"] == pytest.approx(0.0)
 
 
+def test_a_server_that_refuses_forced_end_is_named_with_the_fix(tmp_path):
+    """transformers serve answers vLLM's continue_final_message with a 422: say so, once."""
+    def responder(body, i):
+        if "heat intolerance" in _user_text(body).lower():
+            return {"content": "<think>Graves disease is likely", "finish_reason": "length"}
+        return f"<think>short</think>The answer is \\boxed{{{_gold(body)}}}."
+
+    said: list[str] = []
+    with ChatServer(responder=responder) as srv:
+        srv.inject("400", times=10, match=lambda b: bool(b.get("continue_final_message")),
+                   message="Unexpected fields in the request: "
+                           "{'add_generation_prompt', 'continue_final_message'}")
+        res = run_eval(_config(srv.base_url), tmp_path / "run", log=said.append)
+    warnings = [m for m in said if m.startswith("warning: the server refused 2 forced-end")]
+    assert len(warnings) == 1 and "forced_end.enabled: false" in warnings[0]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    refused = [r for r in rows if r["forced_end"]]
+    assert len(refused) == 2 and all(r["answer"] is None for r in refused)
+    assert all("continue_final_message" in r["error"] for r in refused)
+    assert res.results["complete"] is False
+
+
 def test_forced_end_with_a_separate_reasoning_field(tmp_path):
     def responder(body, i):
         if body.get("continue_final_message"):

@@ -232,3 +232,32 @@ def test_eval_against_transformers_serve_matches_the_local_backend(served, tiny_
     # Greedy decoding of the same weights, chat template and images: the server's answers are
     # the ones the model gives when medrecipe runs it in-process.
     assert texts(tmp_path / "remote") == texts(tmp_path / "local")
+
+
+@needs_serving
+def test_a_refusal_by_transformers_serve_keeps_its_reason(served, tiny_vlm):
+    """FastAPI answers errors as {"detail": ...}; the reason reaches the user, not just 'HTTP 422'."""
+    import asyncio
+
+    from medrecipe.config import SamplingConfig, TeacherConfig
+    from medrecipe.generate.backends import BackendError, ChatRequest, make_backend
+
+    teacher = TeacherConfig(model=str(tiny_vlm), base_url=served)
+    backend = make_backend(teacher)
+    request = ChatRequest(
+        messages=[{"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": "<think>so</think>The final answer is "}],
+        model=str(tiny_vlm),
+        sampling=SamplingConfig(max_tokens=4, extra={"continue_final_message": True,
+                                                     "add_generation_prompt": False}))
+
+    async def call():
+        try:
+            return await backend.complete(request)
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(BackendError) as err:
+        asyncio.run(call())
+    assert err.value.status == 422 and not err.value.retryable
+    assert "continue_final_message" in str(err.value)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import sys
 import time
@@ -347,6 +348,16 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *,
             first.cached += second.cached
             first.failures += second.failures
             first.complete = first.complete and second.complete
+            refused = sum(1 for c in second.generations if c.error and any(
+                f in c.error for f in ("continue_final_message", "add_generation_prompt")))
+            if refused:
+                msg = (f"the server refused {refused} forced-end requests because it does not "
+                       "take continue_final_message / add_generation_prompt (vLLM's chat "
+                       "extensions; transformers serve refuses them): those samples count as "
+                       "unfinished. Set forced_end.enabled: false for this server, or serve "
+                       "the model with vLLM or use the transformers_local backend")
+                logging.getLogger("medrecipe.evaluate").warning(msg)
+                say("warning: " + msg)
             for c in second.generations:
                 if c.key in prefixes:
                     sample_key, prefix = prefixes[c.key]

@@ -313,9 +313,16 @@ class OpenAICompatBackend:
     def _http_error(self, status: int, raw: bytes, headers: httpx.Headers) -> BackendError:
         detail = ""
         try:
-            err = json.loads(raw).get("error")
-            detail = err.get("message", "") if isinstance(err, dict) else str(err or "")
-        except (ValueError, AttributeError):
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("error"):  # OpenAI, vLLM
+            err = body["error"]
+            detail = err.get("message", "") if isinstance(err, dict) else str(err)
+        elif isinstance(body, dict) and body.get("detail"):  # FastAPI (transformers serve)
+            d = body["detail"]
+            detail = d if isinstance(d, str) else json.dumps(d, ensure_ascii=False)
+        else:
             detail = raw[:200].decode("utf-8", "replace")
         detail = self.redact(detail.strip())[:300]
         msg = f"HTTP {status}" + (f": {detail}" if detail else "")
